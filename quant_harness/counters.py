@@ -1,0 +1,39 @@
+"""Process-wide counters of expensive work, written to reports/results/run.json.
+
+They let a user (and CI) see that a warm run loaded no model and ran no forward pass.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+NAMES = ("model_loads", "forward_passes", "generated_tokens", "cache_hits", "cache_misses", "judge_calls")
+
+_counts: Counter[str] = Counter()
+_loads_by_group: Counter[str] = Counter()
+
+
+def add(name: str, n: int = 1) -> None:
+    if name not in NAMES:
+        raise KeyError(f"unknown counter {name!r}; known: {', '.join(NAMES)}")
+    _counts[name] += n
+
+
+def add_load(group: str) -> None:
+    """Count one model load of a model x precision group."""
+    _counts["model_loads"] += 1
+    _loads_by_group[group] += 1
+
+
+def snapshot() -> dict[str, object]:
+    return {**{n: _counts[n] for n in NAMES}, "loads_by_group": dict(sorted(_loads_by_group.items()))}
+
+
+def merge(parts: list[dict[str, object]]) -> dict[str, object]:
+    """Sum the snapshots of several processes (xdist workers)."""
+    total: dict[str, object] = {n: sum(int(p.get(n, 0)) for p in parts) for n in NAMES}  # type: ignore[call-overload]
+    by_group: Counter[str] = Counter()
+    for p in parts:
+        by_group.update(p.get("loads_by_group", {}))  # type: ignore[arg-type]
+    total["loads_by_group"] = dict(sorted(by_group.items()))
+    return total

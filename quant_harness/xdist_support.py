@@ -1,0 +1,33 @@
+"""Hooks that exist only when pytest-xdist is installed: our scheduler and the workers' counters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+
+class XdistHooks:
+    """Registered by the plugin when xdist is present (syrupy's DeferXDist pattern)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        from quant_harness.plugin import STATE
+
+        raw = getattr(node, "workeroutput", {}).get("quant_counters")
+        if raw:
+            self.config.stash[STATE].worker_counters.append(json.loads(raw))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """Group cells by model x precision parsed from our cell ids (xdist's own loadgroup relies on a
+        nodeid rewrite that pytest 9.2 no longer honours: xdist #1386)."""
+        if config.getoption("dist") != "loadgroup":
+            return None
+        from quant_harness.xdist_scheduler import CellGroupScheduling
+
+        return CellGroupScheduling(config, log)
