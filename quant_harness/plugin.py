@@ -197,16 +197,13 @@ def quant_runner(pytestconfig: pytest.Config, quant_study: Study) -> Generator[A
     runner.pool.close()
 
 
-_RESULTS: dict[str, Callable[[Any, Cell], CellResult]] = {
-    "vectors": lambda runner, cell: runner.vector_comparison(cell),
-}
-
-
 @pytest.fixture
 def cell_result(cell: Cell, quant_runner: Any) -> CellResult:
     """The cell's measured result. Errors here (NaN, zero vector, bad data) make the cell an ERROR, not a verdict."""
+    from quant_harness.kinds import compute
+
     try:
-        return _RESULTS[cell.kind](quant_runner, cell)
+        return compute(quant_runner, cell)
     except PrecisionUnavailable as e:
         pytest.skip(str(e))
     except (CellError, DatasetError) as e:

@@ -171,3 +171,7 @@ class StudyRunner:
             dataset=str(trait.dataset), dataset_hash=contrast.content_hash(), n_pos=len(contrast.pos),
             n_neg=len(contrast.neg), skipped_records=len(contrast.skipped),
             precision_settings=self._precision_settings(cell.model, cell.precision), notes=notes)
+
+
+def vector_comparison(runner: StudyRunner, cell: Cell) -> CellResult:
+    return runner.vector_comparison(cell)

@@ -6,6 +6,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from quant_harness.cards import ModelCard, load_card
 from quant_harness.errors import StudyError
@@ -99,17 +100,43 @@ class Study:
 
     def cells(self, kind: str) -> list[Cell]:
         """The cells of one kind, in a deterministic order (xdist needs the same order on every worker)."""
+        if kind not in CELL_KINDS:
+            raise StudyError(self.path, "quant_cells", kind, f"one of {', '.join(sorted(CELL_KINDS))}")
+        shape = CELL_KINDS[kind]
         out: list[Cell] = []
         for model in sorted(self.cards):
             for precision in self.precisions[model]:
-                if kind == "vectors" and precision == self.reference:
+                if precision == self.reference and not shape.reference:
+                    continue
+                if shape.per_model is not None:
+                    out += [Cell(kind, model, precision, item) for item in shape.per_model(self, model)]
                     continue
                 for trait in self.traits:
-                    for method in trait.methods:
-                        if kind == "vectors" and method == "file":
-                            continue
-                        out.append(Cell(kind, model, precision, trait.key, method))
+                    if shape.methodologies and trait.methodology not in shape.methodologies:
+                        continue
+                    methods = [m for m in trait.methods if m in shape.methods] if shape.methods else [""]
+                    out += [Cell(kind, model, precision, trait.key, m) for m in methods]
         return out
+
+
+@dataclass(frozen=True)
+class CellKind:
+    """The shape of one kind of cell in the grid; case modules select a kind with ``quant_cells(kind)``."""
+
+    reference: bool = False
+    """Whether the reference precision gets cells of this kind (False when a cell compares against it)."""
+    methods: tuple[str, ...] = ("mean_diff", "probe", "pca")
+    """Methods that make a cell each; empty = one cell per trait, no method part in the id."""
+    methodologies: tuple[str, ...] = ()
+    """Only traits of these methodologies (empty = all)."""
+    per_model: Callable[[Study, str], list[str]] | None = None
+    """Model-level kinds (benchmarks): the id parts after model-precision, instead of traits."""
+
+
+#: Every kind of cell. Other modules add theirs here (one entry each), next to the case module that uses it.
+CELL_KINDS: dict[str, CellKind] = {
+    "vectors": CellKind(reference=False, methods=("mean_diff", "probe", "pca")),
+}
 
 
 def _expect(path: Path, key: str, value: object, typ: type | tuple[type, ...]) -> None:
