@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# A cell whose verdict is worse than the study allows fails (exit 1): that is a finding, not a broken demo,
+# so the demo target succeeds on 0 or 1 and fails on errors, interruptions and usage errors.
 demo: install
-	$(BIN)/pytest cases $(PYTEST_ARGS)
+	@$(BIN)/pytest cases $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 1 ]; then echo "== some cells are worse than the study allows: see reports/ =="; fi; \
+	  [ $$rc -le 1 ]
 
 test: install
 	$(BIN)/pytest tests $(PYTEST_ARGS)

@@ -215,7 +215,11 @@ def load(path: str | Path) -> Study:
         for key in spec:
             if key not in ("card", "precisions"):
                 raise StudyError(path, f"models.{name}.{key}", spec[key], "one of card, precisions")
-        card = load_card(spec.get("card", name), cards_dir)
+        card_name = spec.get("card", name)
+        if not (cards_dir / f"{card_name}.toml").is_file():
+            known = ", ".join(sorted(p.stem for p in cards_dir.glob("*.toml"))) or "none"
+            raise StudyError(path, f"models.{name}.card", card_name, f"a card in {cards_dir}; known cards: {known}")
+        card = load_card(card_name, cards_dir)
         if card.name != name:
             raise StudyError(path, f"models.{name}.card", spec.get("card"), f"a card whose name is {name!r}")
         cards[name] = card
