@@ -1,4 +1,4 @@
-"""The study suite's own settings: JUnit goes to the report folder unless the user names another file."""
+"""The study suite's own settings: JUnit and the HTML report go to the report folder unless the user names others."""
 
 from __future__ import annotations
 
@@ -11,3 +11,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
     if not config.option.xmlpath:
         config.option.xmlpath = str(report_dir(config) / "junit.xml")
+    if config.pluginmanager.hasplugin("html") and not getattr(config.option, "htmlpath", None):
+        config.option.htmlpath = str(report_dir(config) / "report.html")
+        config.option.self_contained_html = True

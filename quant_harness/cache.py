@@ -101,7 +101,7 @@ class ActivationCache:
         shapes = {k: list(v.shape) for k, v in raw.items()}
         if shapes != meta.get("shapes"):
             raise CacheError(f"{f}: shapes {shapes} != {meta.get('shapes')}")
-        return Entry(key, d, {k: v.float() for k, v in raw.items()}, meta)
+        return Entry(key, d, {k: v.float() if v.is_floating_point() else v for k, v in raw.items()}, meta)
 
     def put(self, namespace: str, components: dict[str, Any], tensors: dict[str, Tensor],
             info: dict[str, Any] | None = None) -> Entry:

@@ -44,6 +44,52 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from quant_harness.reporting import rebuild
+
+    try:
+        paths = rebuild(Path(args.report_dir), [Path(d) for d in args.merge or []])
+    except FileNotFoundError as e:
+        print(f"quant-harness report: {e}", file=sys.stderr)
+        return 2
+    for p in paths:
+        print(f"wrote {p}")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from quant_harness.errors import QuantHarnessError
+    from quant_harness.shards import merge
+
+    try:
+        summary = merge(Path(args.out), [Path(d) for d in args.sources])
+    except QuantHarnessError as e:
+        print(f"quant-harness merge: {e}", file=sys.stderr)
+        return 2
+    print(f"merged {len(summary['sources'])} report folders into {args.out}: {summary['junit_cases']} JUnit cases")
+    return 0
+
+
+def _sae_oracle(args: argparse.Namespace) -> int:
+    from quant_harness.errors import BundleError
+    from quant_harness.sae import oracle
+
+    try:
+        if args.action == "write":
+            doc = oracle.write(args.bundle, args.layers, args.oracle, seeds=args.seeds, top_k=args.top_k,
+                               tolerance=args.tolerance, layout=args.layout or "features_first")
+            print(f"wrote {args.oracle}: {len(doc['cases'])} cases, top-{args.top_k}, tolerance {args.tolerance:g}")
+            return 0
+        problems = oracle.check(args.bundle, args.oracle, layout=args.layout)
+    except BundleError as e:
+        print(f"quant-harness sae-oracle: {e}", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(line)
+    print(f"{args.bundle} {'FAILS' if problems else 'matches'} {args.oracle}")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="quant-harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +103,30 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--model", default="", help="Prune only this model's entries")
     c.add_argument("--older-than-days", type=float, default=0.0, help="Prune entries older than this. Default: 0")
     c.set_defaults(fn=_cache)
+    r = sub.add_parser("report", help="Rebuild ranking, findings.md and summary.html from stored results; "
+                                      "with --merge, first merge other report folders (shards) into this one")
+    r.add_argument("--report-dir", default="reports", help="Report folder to (re)build. Default: reports")
+    r.add_argument("--merge", nargs="+", metavar="DIR", help="Report folders whose results/*.json are merged "
+                                                              "by cell id (run.json counters summed)")
+    r.set_defaults(fn=_report)
+    m = sub.add_parser("merge", help="Merge shard report folders (matrices, run.json, JUnit) into one, then rebuild "
+                                     "ranking, findings.md and summary.html")
+    m.add_argument("out", help="Report folder to write, e.g. reports")
+    m.add_argument("sources", nargs="+", metavar="DIR", help="Report folders, or folders holding shards/shard-*-of-*")
+    m.set_defaults(fn=_merge)
+    o = sub.add_parser("sae-oracle", help="Write an SAE/transcoder encoder oracle (top-k features of seeded "
+                                          "residuals) for a bundle folder, or check a bundle against one")
+    o.add_argument("action", choices=["write", "check"])
+    o.add_argument("bundle", help="Folder of layer_{L}.safetensors files")
+    o.add_argument("oracle", help="Oracle JSON to write or check against")
+    o.add_argument("--layers", type=int, nargs="+", default=[0], help="Layers to write. Default: 0")
+    o.add_argument("--seeds", type=int, default=3, help="Seeded residuals per layer. Default: 3")
+    o.add_argument("--top-k", type=int, default=10, help="Features kept per residual. Default: 10")
+    o.add_argument("--tolerance", type=float, default=1e-4, help="Activation tolerance stated in the file. "
+                                                                   "Default: 1e-4")
+    o.add_argument("--layout", choices=["features_first", "saelens"], default=None,
+                   help="Tensor layout of the bundle. Default: features_first (check: the oracle's)")
+    o.set_defaults(fn=_sae_oracle)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -33,3 +33,7 @@ class PrecisionUnavailable(QuantHarnessError):
 
 class JudgeError(QuantHarnessError):
     """The judge endpoint failed after its retries."""
+
+
+class BundleError(QuantHarnessError):
+    """An SAE or transcoder bundle is unusable: names the file, the tensor and what was expected."""

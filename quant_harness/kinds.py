@@ -13,6 +13,13 @@ from quant_harness.study import Cell
 
 COMPUTE: dict[str, str] = {
     "vectors": "quant_harness.runner:vector_comparison",
+    "probes": "quant_harness.probes:probe_comparison",
+    "steering": "quant_harness.steering_cells:steering_delta",
+    "logit_diff": "quant_harness.steering_cells:logit_diff",
+    "transfer": "quant_harness.steering_cells:transfer",
+    "refusal": "quant_harness.steering_cells:refusal",
+    "benchmarks": "quant_harness.benchmarks:benchmark_comparison",
+    "sae": "quant_harness.sae.cells:sae_comparison",
 }
 
 

@@ -16,13 +16,15 @@ import pytest
 from quant_harness import counters, progress
 from quant_harness.errors import CellError, DatasetError, PrecisionUnavailable, StudyError
 from quant_harness.records import CellResult
-from quant_harness.scheduling import group_of_nodeid
+from quant_harness import scale
+from quant_harness.scheduling import gpu_slots_arg, group_of_nodeid, parse_shard
 from quant_harness.study import Cell, Study
 from quant_harness.verdicts import is_allowed
 
 STUDY = pytest.StashKey["Study | None"]()
 STATE = pytest.StashKey["_State"]()
 RECORD = pytest.StashKey[CellResult]()
+REPORTS = pytest.StashKey["ReportHooks"]()
 
 
 class _State:
@@ -73,6 +75,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("quant_cache_dir", "Activation cache folder", default=".quant_cache")
     parser.addini("quant_model_dir", "Folder for local checkpoints", default="")
     parser.addini("quant_report_dir", "Folder for result files", default="reports")
+    group.addoption("--quant-update-baselines", dest="quant_update_baselines", action="store_true", default=False,
+                    help="Record the selected cells' figures as baselines (and delete unused ones) instead of "
+                         "comparing with them. Default: compare")
+    parser.addini("quant_baselines_dir", "Folder of per-study baselines, relative to rootdir", default="cases/baselines")
+    group.addoption("--quant-gpus", dest="quant_gpus", default=None, metavar="SLOTS", type=gpu_slots_arg,
+                    help="GPU slots, one per xdist worker: ';' between slots, ',' within, indices into your "
+                         "CUDA_VISIBLE_DEVICES, e.g. '0;1;2;3;4,5;6,7', or 'auto'. Default: ini quant_gpus, else no pinning")
+    group.addoption("--quant-gpu-mem", dest="quant_gpu_mem", default=None, type=float, metavar="GB",
+                    help="Memory of one GPU, for the plan's fit check. Default: ini quant_gpu_mem, else unchecked")
+    group.addoption("--quant-shard", dest="quant_shard", default=None, type=parse_shard, metavar="I/N",
+                    help="Run shard I of N (whole model x precision groups, stable hash); results go to "
+                         "<report dir>/shards/shard-I-of-N. Default: everything")
+    group.addoption("--quant-plan", dest="quant_plan", action="store_true", default=False,
+                    help="Print cells, groups, workers, memory estimates and warm cache entries; load and run nothing")
+    parser.addini("quant_gpus", "GPU slots per worker (see --quant-gpus)", default="")
+    parser.addini("quant_gpu_mem", "Memory of one GPU in GB (see --quant-gpu-mem)", default="")
 
 
 def _setting(config: pytest.Config, name: str) -> str:
@@ -93,7 +111,7 @@ def model_dir(config: pytest.Config) -> Path:
 
 
 def report_dir(config: pytest.Config) -> Path:
-    return _path(config, "quant_report_dir")
+    return scale.shard_report_dir(config, _path(config, "quant_report_dir"))
 
 
 class _TerminalSink(io.TextIOBase):
@@ -126,9 +144,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
         path = Path(study_file)
         try:
-            config.stash[STUDY] = study.load(path if path.is_absolute() else config.rootpath / path)
+            config.stash[STUDY] = study.load(path if path.is_absolute() else config.rootpath / path,
+                                             check_data=not config.getoption("quant_plan"))
         except StudyError as e:
             raise pytest.UsageError(str(e)) from e
+    from quant_harness.report_hooks import ReportHooks
+
+    config.stash[REPORTS] = ReportHooks(config, config.stash[STUDY])
+    config.pluginmanager.register(config.stash[REPORTS], "quant_harness.reports")
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         log_dir = report_dir(config) / "progress"
@@ -170,7 +193,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for c in s.cells(marker.args[0]):
         marks: list[Any] = [pytest.mark.xdist_group(c.group)]
-        reason = _skip_reason(s, c)
+        reason = _skip_reason(s, c) or scale.placement_skip(metafunc.config, c.model, s.cards[c.model].gpus)
         if reason:
             marks.append(pytest.mark.skip(reason=reason))
         params.append(pytest.param(c, id=c.id, marks=marks))
@@ -213,11 +236,13 @@ def cell_result(cell: Cell, quant_runner: Any) -> CellResult:
 class Outcome:
     """What a case asserts: whether the verdict is allowed, and the sentence that explains it."""
 
-    def __init__(self, result: CellResult, allowed: bool) -> None:
-        self.result, self.allowed = result, allowed
+    def __init__(self, result: CellResult, allowed: bool, regressions: list[str] | None = None) -> None:
+        self.result, self.regressions = result, regressions or []
+        self.allowed = allowed and not self.regressions
 
     def explain(self) -> str:
-        return f"cell {self.result.cell_id}: {self.result.explanation}"
+        return "\n".join([f"cell {self.result.cell_id}: {self.result.explanation}",
+                          *(f"cell {self.result.cell_id}: {r}" for r in self.regressions)])
 
 
 @pytest.fixture
@@ -227,9 +252,34 @@ def record_cell(request: pytest.FixtureRequest, quant_study: Study) -> Callable[
     def record(result: CellResult) -> Outcome:
         request.node.stash[RECORD] = result
         request.node.user_properties.extend(result.properties())
-        return Outcome(result, is_allowed(result.verdict, quant_study.fail_on))
+        regressions = request.config.stash[REPORTS].check(result, request.node)
+        return Outcome(result, is_allowed(result.verdict, quant_study.fail_on, quant_study.fail_on_inconclusive),
+                       regressions)
 
     return record
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Pin a worker's GPUs before anything touches CUDA; default to --dist loadgroup under -n; plan mode."""
+    scale.cmdline_main(config)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` with --quant-gpus: one worker per GPU slot."""
+    return scale.auto_num_workers(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--quant-shard I/N: keep this shard's model x precision groups."""
+    scale.select_shard(config, items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """--quant-plan: print the plan instead of running."""
+    return scale.run_plan(session, cache_dir(session.config))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -239,4 +289,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when == "call" and RECORD in item.stash:
         report.quant_record = item.stash[RECORD].to_dict()
         report.quant_record["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "master")
+        report.extras = [*getattr(report, "extras", []), *item.config.stash[REPORTS].extras(report.quant_record)]
     return report

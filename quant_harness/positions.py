@@ -1,4 +1,10 @@
-"""Token positions where activations are read: ``prompt[-1]``, ``prompt[-3:]``, ``response[:]``, ``response[0]``."""
+"""Token positions where activations are read: ``prompt[-1]``, ``prompt[-3:]``, ``response[:]``, ``response[0]``.
+
+The prompt is the chat-templated conversation including the assistant header (and any prefill), so for an Arditi
+prompt ``prompt[-1]`` is the last post-instruction template token and ``prompt[-k:]`` the last k of them (SmolLM2's
+post-instruction template ``<|im_end|>\n<|im_start|>assistant\n`` is 6 tokens). For CAA the prefill ends at the
+answer letter, so ``prompt[-1]`` is the letter. ``response[...]`` indexes generated (or replayed) response tokens.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ class Position:
             if not picked:
                 raise ValueError(f"position {self.spec} selects no token of a {self.region} of {n} tokens")
             return [lo + i for i in picked]
-        assert self.start is not None
+        if self.start is None:
+            raise ValueError(f"position {self.spec} has no index; write {self.region}[:] for every token")
         if not -n <= self.start < n:
             raise ValueError(f"position {self.spec} is out of range for a {self.region} of {n} tokens")
         return [lo + (self.start % n)]

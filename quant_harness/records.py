@@ -24,7 +24,8 @@ class CellResult:
     kind: str
     """Which matrix the record belongs to: vectors, probes, steering, benchmarks, ..."""
     verdict: str
-    """robust, degraded or broken (the headline metric's band)."""
+    """robust, degraded or broken (the headline metric's band), or inconclusive when the figure's confidence
+    interval straddles a band boundary (quant_harness.confidence)."""
     metric: str
     """Name of the headline figure the verdict was assigned from."""
     value: float

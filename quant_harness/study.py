@@ -22,11 +22,13 @@ _TOP_KEYS = {"study", "models", "traits", "thresholds"}
 _STUDY_KEYS = {
     "name": str, "reference": str, "precisions": list, "methods": list, "fail_on": str, "batch_size": int,
     "seed": int, "nf4_compute_dtype": str, "cards_dir": str, "calibration": str, "probe_val_fraction": float,
-    "massive_dims_k": int, "root": str,
+    "massive_dims_k": int, "root": str, "fail_on_inconclusive": bool, "bootstrap_n": int, "ci_level": float,
+    "replay": bool,
 }
 _TRAIT_KEYS = {
     "methodology": str, "name": str, "dataset": str, "format": str, "position": str, "layers": (str, list),
-    "methods": list, "limit": int,
+    "methods": list, "limit": int, "max_new_tokens": int, "n_per_question": int, "temperature": (int, float),
+    "replay": bool, "vectors": str, "sae_features": list,
 }
 
 
@@ -44,6 +46,18 @@ class TraitSpec:
     methods: tuple[str, ...]
     limit: int = 0
     """Use only the first N examples (0 = all): keeps CI studies small."""
+    max_new_tokens: int = 16
+    """PV rollouts: tokens generated per response."""
+    n_per_question: int = 1
+    """PV rollouts: responses per prompt (sampled with the study seed when > 1 and temperature > 0)."""
+    temperature: float = 0.0
+    """PV rollouts: 0 = greedy."""
+    replay: bool | None = None
+    """PV: prefill every precision with the reference precision's responses (None = the study's ``replay``)."""
+    vectors: Path | None = None
+    """Method ``file``: a safetensors/pt file of per-layer vectors, or an SAE decoder (``W_dec``)."""
+    sae_features: tuple[tuple[float, ...], ...] = ()
+    """Method ``file`` over an SAE decoder: rows ``[layer, feature_id, strength]``."""
 
     @property
     def key(self) -> str:
@@ -92,6 +106,13 @@ class Study:
     calibration: Path | None = None
     probe_val_fraction: float = 0.25
     massive_dims_k: int = 8
+    fail_on_inconclusive: bool = False
+    """Whether a verdict whose confidence interval straddles a band boundary fails the cell."""
+    bootstrap_n: int = 1000
+    """Bootstrap replicates behind each confidence interval (quant_harness.confidence)."""
+    ci_level: float = 0.95
+    replay: bool = False
+    """PV: prefill quantized models with the reference precision's responses (controlled comparison)."""
     extra: dict[str, object] = field(default_factory=dict)
     """Sections other modules read (judge, steering, benchmarks, ...), validated where they are used."""
 
@@ -136,11 +157,33 @@ class CellKind:
 #: Every kind of cell. Other modules add theirs here (one entry each), next to the case module that uses it.
 CELL_KINDS: dict[str, CellKind] = {
     "vectors": CellKind(reference=False, methods=("mean_diff", "probe", "pca")),
+    "probes": CellKind(reference=True, methods=("mean_diff", "probe", "pca", "file")),
+    "steering": CellKind(reference=False, methods=("mean_diff",), methodologies=("caa", "pv")),
+    "logit_diff": CellKind(reference=False, methods=("mean_diff",), methodologies=("caa",)),
+    "transfer": CellKind(reference=False, methods=("mean_diff",), methodologies=("caa",)),
+    "refusal": CellKind(reference=True, per_model=lambda s, _model: (
+        [t.key for t in s.traits if t.methodology == "arditi"] or [t.key for t in s.traits if t.name == "refusal"])),
+    "benchmarks": CellKind(reference=True, per_model=lambda s, model: _benchmark_cells(s, model)),
+    "sae": CellKind(reference=False, per_model=lambda s, model: _sae_cells(s, model)),
 }
 
 
+def _sae_cells(study: Study, model: str) -> list[str]:
+    """``sae_{layer}-{dictionary}`` from the [sae] table (quant_harness.sae.settings owns and validates it)."""
+    from quant_harness.sae.settings import cell_names
+
+    return cell_names(study, model)
+
+
+def _benchmark_cells(study: Study, model: str) -> list[str]:
+    """The [benchmarks] tasks of the study (quant_harness.benchmarks owns and validates that table)."""
+    from quant_harness.benchmarks import cell_names
+
+    return cell_names(study, model)
+
+
 def _expect(path: Path, key: str, value: object, typ: type | tuple[type, ...]) -> None:
-    if isinstance(value, bool) or not isinstance(value, typ):
+    if (isinstance(value, bool) and typ is not bool) or not isinstance(value, typ):
         names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
         raise StudyError(path, key, value, f"a {names}")
 
@@ -162,11 +205,12 @@ def _layers(path: Path, key: str, value: object, card_layers: int) -> tuple[int,
     raise StudyError(path, key, value, '"all" or a non-empty list of layer indices')
 
 
-def load(path: str | Path) -> Study:
+def load(path: str | Path, *, check_data: bool = True) -> Study:
     """Parse and validate a study file; every problem is a StudyError naming file, key, value, expectation.
 
     Relative paths in the file resolve against ``study.root`` (itself relative to the study file; default: the
     study file's folder), after ``$VARS`` are expanded, so one file works from any working directory.
+    ``check_data=False`` skips the existence check of datasets: ``--quant-plan`` runs where the data is not.
     """
     path = Path(path).resolve()
     if not path.is_file():
@@ -200,6 +244,10 @@ def load(path: str | Path) -> Study:
     for i, m in enumerate(methods):
         if m not in METHODS:
             raise StudyError(path, f"study.methods[{i}]", m, f"one of {', '.join(METHODS)}")
+    if head.get("bootstrap_n", 1000) < 1:
+        raise StudyError(path, "study.bootstrap_n", head["bootstrap_n"], "a positive number of bootstrap replicates")
+    if not 0.0 < head.get("ci_level", 0.95) < 1.0:
+        raise StudyError(path, "study.ci_level", head["ci_level"], "a confidence level between 0 and 1, e.g. 0.95")
     fail_on_name = head.get("fail_on", "broken")
     if fail_on_name not in FAIL_ON:
         raise StudyError(path, "study.fail_on", fail_on_name, f"one of {', '.join(FAIL_ON)}")
@@ -252,8 +300,9 @@ def load(path: str | Path) -> Study:
         if fmt not in FORMATS:
             raise StudyError(path, f"{where}.format", fmt, f"one of {', '.join(FORMATS)}")
         dataset = _resolve(t["dataset"], root)
-        if not dataset.exists():
-            raise StudyError(path, f"{where}.dataset", t["dataset"], f"an existing file (looked at {dataset})")
+        if check_data and not dataset.exists():
+            unset = "; set the environment variables it names" if "$" in str(dataset) else ""
+            raise StudyError(path, f"{where}.dataset", t["dataset"], f"an existing file (looked at {dataset}{unset})")
         tmethods = t.get("methods", methods)
         for j, m in enumerate(tmethods):
             if m not in METHODS:
@@ -269,9 +318,11 @@ def load(path: str | Path) -> Study:
         limit = t.get("limit", 0)
         if limit < 0:
             raise StudyError(path, f"{where}.limit", limit, "0 (all) or a positive count")
+        from quant_harness.trait_options import trait_options
+
         spec_ = TraitSpec(methodology, t["name"], dataset, fmt, position,
                           _layers(path, f"{where}.layers", t.get("layers", "all"), max_layers),
-                          tuple(tmethods), limit)
+                          tuple(tmethods), limit, **trait_options(path, where, t, tmethods, root, check_data))
         if any(s.key == spec_.key for s in traits):
             raise StudyError(path, f"{where}.name", t["name"], f"a name unique within methodology {methodology}")
         traits.append(spec_)
@@ -297,9 +348,11 @@ def load(path: str | Path) -> Study:
         nf4_compute_dtype=head.get("nf4_compute_dtype", "bfloat16"),
         calibration=_resolve(calibration, root) if calibration else None,
         probe_val_fraction=head.get("probe_val_fraction", 0.25), massive_dims_k=head.get("massive_dims_k", 8),
+        fail_on_inconclusive=head.get("fail_on_inconclusive", False), bootstrap_n=head.get("bootstrap_n", 1000),
+        ci_level=head.get("ci_level", 0.95), replay=head.get("replay", False),
         extra={k: raw[k] for k in EXTRA_SECTIONS if k in raw},
     )
 
 
 #: Optional top-level tables owned by other modules (they validate their own keys).
-EXTRA_SECTIONS: tuple[str, ...] = ()
+EXTRA_SECTIONS: tuple[str, ...] = ("baselines", "judge", "steering", "benchmarks", "sae")

@@ -10,15 +10,25 @@ from quant_harness.errors import CellError
 
 
 class Verdict(enum.IntEnum):
-    """Ordered so that ``verdict > fail_on`` reads as "worse than allowed"."""
+    """Bands ordered so that ``verdict > fail_on`` reads as "worse than allowed".
+
+    INCONCLUSIVE (a confidence interval that straddles a band boundary) is not a band: it sorts after the bands so
+    that band comparisons keep their meaning, and whether it passes is the study's ``fail_on_inconclusive``, never a
+    ``<`` comparison (use ``is_allowed``).
+    """
 
     ROBUST = 0
     DEGRADED = 1
     BROKEN = 2
+    INCONCLUSIVE = 3
 
     @property
     def label(self) -> str:
         return self.name.lower()
+
+    @property
+    def is_band(self) -> bool:
+        return self is not Verdict.INCONCLUSIVE
 
 
 FAIL_ON = {"degraded": Verdict.DEGRADED, "broken": Verdict.BROKEN, "never": None}
@@ -68,14 +78,22 @@ class Judgement:
     verdict: Verdict
     band: Band
     fail_on: Verdict | None
+    interval: tuple[float, float] | None = None
+    """Confidence interval of ``value`` when the verdict was assigned from one (quant_harness.confidence)."""
+    level: float = 0.95
+    fail_on_inconclusive: bool = False
 
     @property
     def allowed(self) -> bool:
-        return self.fail_on is None or self.verdict < self.fail_on
+        return _allowed(self.verdict, self.fail_on, self.fail_on_inconclusive)
 
     def explain(self) -> str:
         limit = "never fails" if self.fail_on is None else f"fail_on={self.fail_on.label}"
-        return f"{self.metric} {self.value:.4f}: {self.verdict.label.upper()} ({self.band.describe()}; {limit})"
+        if self.verdict is Verdict.INCONCLUSIVE:
+            limit += ", inconclusive fails" if self.fail_on_inconclusive else ", inconclusive passes"
+        ci = "" if self.interval is None else \
+            f" ({self.level:.0%} CI {self.interval[0]:.4f}..{self.interval[1]:.4f})"
+        return f"{self.metric} {self.value:.4f}{ci}: {self.verdict.label.upper()} ({self.band.describe()}; {limit})"
 
 
 def judge(metric: str, value: float, band: Band, fail_on: Verdict | None) -> Judgement:
@@ -83,6 +101,14 @@ def judge(metric: str, value: float, band: Band, fail_on: Verdict | None) -> Jud
     return Judgement(metric, float(value), band.classify(value, what=metric), band, fail_on)
 
 
-def is_allowed(verdict_label: str, fail_on: Verdict | None) -> bool:
-    """Whether a recorded verdict passes under the study's ``fail_on``."""
-    return fail_on is None or Verdict[verdict_label.upper()] < fail_on
+def _allowed(verdict: Verdict, fail_on: Verdict | None, fail_on_inconclusive: bool) -> bool:
+    if fail_on is None:
+        return True
+    if verdict is Verdict.INCONCLUSIVE:
+        return not fail_on_inconclusive
+    return verdict < fail_on
+
+
+def is_allowed(verdict_label: str, fail_on: Verdict | None, fail_on_inconclusive: bool = False) -> bool:
+    """Whether a recorded verdict passes under the study's ``fail_on`` (and ``fail_on_inconclusive``)."""
+    return _allowed(Verdict[verdict_label.upper()], fail_on, fail_on_inconclusive)

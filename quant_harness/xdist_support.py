@@ -1,4 +1,4 @@
-"""Hooks that exist only when pytest-xdist is installed: our scheduler and the workers' counters."""
+"""Hooks that exist only when pytest-xdist is installed: our scheduler, GPU slots per worker, workers' counters."""
 
 from __future__ import annotations
 
@@ -23,11 +23,21 @@ class XdistHooks:
             self.config.stash[STATE].worker_counters.append(json.loads(raw))
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """Give each worker its GPU slot before it starts (it pins CUDA_VISIBLE_DEVICES first thing)."""
+        from quant_harness.scale import configure_node
+
+        configure_node(self.config, node)
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         """Group cells by model x precision parsed from our cell ids (xdist's own loadgroup relies on a
-        nodeid rewrite that pytest 9.2 no longer honours: xdist #1386)."""
+        nodeid rewrite that pytest 9.2 no longer honours: xdist #1386), on workers with enough GPUs."""
         if config.getoption("dist") != "loadgroup":
             return None
+        from quant_harness.plugin import STUDY
         from quant_harness.xdist_scheduler import CellGroupScheduling
 
-        return CellGroupScheduling(config, log)
+        study = config.stash.get(STUDY, None)
+        gpus = {name: card.gpus for name, card in study.cards.items()} if study is not None else {}
+        return CellGroupScheduling(config, log, model_gpus=gpus)

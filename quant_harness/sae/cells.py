@@ -1,0 +1,238 @@
+"""SAE feature-fidelity cells: encode the reference's and a quantized model's residuals with one dictionary.
+
+Residuals are read per token (not averaged) on the ``[sae]`` texts, written raw (no chat template), with the first
+token left out: it is the attention sink, whose norm dwarfs every other token's. They go through the runner's
+activation cache like every other activation, so a warm re-run loads no model. Trained dictionaries are cached as
+bundle folders under ``<cache>/sae/dictionaries/`` keyed by everything that shapes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from filelock import FileLock
+from torch import Tensor
+
+from quant_harness import activations, counters, metrics, progress
+from quant_harness.confidence import bootstrap_ci, judge_interval
+from quant_harness.errors import CellError, DatasetError
+from quant_harness.records import CellResult, provenance, versions
+from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle
+from quant_harness.sae.settings import Dictionary, SaeSettings, sae_settings
+from quant_harness.sae.train import evaluate, train_sae
+from quant_harness.runner import EMBEDDED_NOTE
+from quant_harness.study import Cell
+
+SKIP_FIRST = 1
+"""Tokens left out at the start of every text (the attention sink)."""
+
+
+def load_texts(path: Path) -> dict[str, list[str]]:
+    """``{"train": [...], "eval": [...]}``, each a non-empty list of non-empty strings."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: cannot be read as JSON: {e}") from e
+    out = {}
+    for split in ("train", "eval"):
+        items = raw.get(split) if isinstance(raw, dict) else None
+        if not isinstance(items, list) or not items:
+            raise DatasetError(f"{path}: field {split!r} must be a non-empty list of texts")
+        for i, t in enumerate(items):
+            if not isinstance(t, str) or not t.strip():
+                raise DatasetError(f"{path}: {split}[{i}] must be a non-empty string")
+        out[split] = items
+    return out
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def token_activations(model: Any, tokenizer: Any, texts: Sequence[str], layers: Sequence[int],
+                      batch_size: int = 8) -> tuple[Tensor, Tensor]:
+    """Per-token block outputs ``[n_tokens, n_layers, d_model]`` (float32) and each token's text index."""
+    blocks = activations.decoder_layers(model)
+    ids = [list(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    short = [i for i, x in enumerate(ids) if len(x) <= SKIP_FIRST]
+    if short:
+        raise DatasetError(f"text {short[0]} has {len(ids[short[0]])} token(s); needs more than {SKIP_FIRST}")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    captured: dict[int, Tensor] = {}
+
+    def hook(layer: int) -> Any:
+        def fn(_module: Any, _inputs: Any, output: Any) -> None:
+            captured[layer] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    rows: list[Tensor] = []
+    owner: list[int] = []
+    handles = [blocks[layer].register_forward_hook(hook(layer)) for layer in layers]
+    try:
+        for start in progress.bar(range(0, len(ids), batch_size), desc="sae residuals", unit="batch"):
+            batch = ids[start:start + batch_size]
+            width = max(len(x) for x in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, x in enumerate(batch):
+                input_ids[r, :len(x)] = torch.tensor(x)
+                mask[r, :len(x)] = 1
+            model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            counters.add("forward_passes")
+            for r, x in enumerate(batch):
+                rows.append(torch.stack([captured[L][r, SKIP_FIRST:len(x)].float().cpu() for L in layers], dim=1))
+                owner += [start + r] * (len(x) - SKIP_FIRST)
+            captured.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(rows), torch.tensor(owner, dtype=torch.long)
+
+
+def residuals(runner: Any, model: str, precision: str, split: str) -> tuple[Tensor, Tensor, list[int]]:
+    """Cached per-token residuals of one split at every ``[sae]`` layer: (acts, text index per token, layers)."""
+    s = sae_settings(runner.study)
+    texts = load_texts(s.texts)[split]
+    card = runner.study.cards[model]
+    layers = list(s.layers)
+    v = versions()
+    components = {
+        "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
+        "precision_settings": runner._precision_settings(model, precision), "texts": _hash(texts),
+        "layers": layers, "tokens": f"raw text, first {SKIP_FIRST} dropped",
+        "layer_convention": activations.LAYER_CONVENTION,
+        "versions": {k: v[k] for k in ("torch", "transformers", "bitsandbytes", "gptqmodel")},
+    }
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        lm = runner.pool.get(model, precision)
+        acts, owner = token_activations(lm.model, lm.tokenizer, texts, layers, runner.study.batch_size)
+        return {"acts": acts, "text": owner}, {"source": lm.source, "device": lm.device, "notes": lm.notes}
+
+    entry = runner.cache.get_or_build(f"sae_residuals/{model}/{precision}/{split}", components, build)
+    return entry.tensors["acts"], entry.tensors["text"].long(), layers
+
+
+def dictionary(runner: Any, model: str, d: Dictionary, layer: int) -> tuple[Bundle, dict[str, Any]]:
+    """The dictionary's bundle for one layer (trained and cached on first use) and its training report."""
+    card = runner.study.cards[model]
+    if d.path is not None:
+        return load_bundle(d.path, layer, layout=d.layout, d_model=card.hidden_size), {"path": str(d.path)}
+    if d.train is None:
+        raise CellError(f"dictionary {d.name} has neither a path nor training settings")
+    ref = runner.study.reference
+    acts, _, layers = residuals(runner, model, ref, "train")
+    key = _hash({"model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": ref,
+                 "precision_settings": runner._precision_settings(model, ref), "layer": layer,
+                 "texts": _hash(load_texts(sae_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
+                 "train": d.train.as_dict(), "torch": versions()["torch"]})
+    folder = Path(runner.cache.root) / "sae" / "dictionaries" / model / f"{d.name}-L{layer}-{key}"
+    report_file = folder / "report.json"
+    with FileLock(str(folder) + ".lock"):
+        if not report_file.is_file():
+            counters.add("cache_misses")
+            progress.note(f"quant_harness: training SAE {d.name} on {model}/{ref} layer {layer} ...")
+            x = acts[:, layers.index(layer)]
+            tensors = train_sae(x, d.train)
+            eval_acts, _, _ = residuals(runner, model, ref, "eval")
+            report = {"train": evaluate(tensors, x, what="train residuals"),
+                      "eval": evaluate(tensors, eval_acts[:, layers.index(layer)], what="eval residuals"),
+                      "settings": d.train.as_dict(), "model": model, "precision": ref, "layer": layer}
+            tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
+            save_bundle(tensors, tmp, layer, {"activation": "relu", "model": model, "layer": str(layer),
+                                              "hook": activations.LAYER_CONVENTION, "trainer": "quant_harness"})
+            (tmp / "report.json").write_text(json.dumps(report, indent=2))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+            progress.note(f"quant_harness: SAE {d.name} L{layer}: eval fvu {report['eval']['fvu']:.3f} "
+                          f"(mean baseline 1), dead {report['train']['dead_share']:.1%}")
+        else:
+            counters.add("cache_hits")
+    return load_bundle(folder, layer, d_model=card.hidden_size), json.loads(report_file.read_text())
+
+
+def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str, Any]:
+    """Per-token feature agreement of ``quant`` with ``ref`` (rows of residuals) under one dictionary."""
+    if ref.shape != quant.shape:
+        raise CellError(f"reference residuals {list(ref.shape)} and quantized {list(quant.shape)} differ in shape")
+    f_r, f_q = bundle.encode(ref), bundle.encode(quant)
+    for name, f in (("reference", f_r), ("quantized", f_q)):
+        if not torch.isfinite(f).all():
+            raise CellError(f"{name} feature activations contain NaN or inf")
+    k = min(top_k, bundle.n_features)
+
+    def top(f: Tensor) -> Tensor:
+        values, idx = f.topk(k, dim=-1)
+        return torch.zeros_like(f, dtype=torch.bool).scatter(-1, idx, values > 0)
+
+    t_r, t_q = top(f_r), top(f_q)
+    union = (t_r | t_q).sum(-1)
+    keep = union > 0
+    if not bool(keep.any()):
+        raise CellError("no token has an active feature at either precision; overlap is undefined")
+    jaccard = (t_r & t_q).sum(-1)[keep].float() / union[keep].float()
+    a_r, a_q = f_r > 0, f_q > 0
+    both = a_r & a_q
+    out = {"jaccard": jaccard, "kept": keep, "active_kept": float(both.sum() / a_r.sum()) if a_r.any() else None,
+           "shared_corr": metrics.pearson(f_r[both], f_q[both]) if int(both.sum()) >= 2 else None,
+           "l0_reference": float(a_r.sum(-1).float().mean()), "l0": float(a_q.sum(-1).float().mean())}
+    if out["active_kept"] is None:
+        raise CellError("the reference activates no feature on any token; the active share is undefined")
+    if bundle.W_skip is None:
+        for name, x, f in (("reference", ref, f_r), ("quantized", quant, f_q)):
+            sse_mean = float((x - x.mean(0)).pow(2).sum())
+            if sse_mean == 0.0:
+                raise CellError(f"{name} residuals are constant; reconstruction error is undefined")
+            out[f"fvu_{name}"] = float((bundle.decode(f) - x).pow(2).sum()) / sse_mean
+    return out
+
+
+def sae_comparison(runner: Any, cell: Cell) -> CellResult:
+    """The cell's verdict: mean top-k Jaccard over eval tokens, banded by ``sae_overlap`` with a bootstrap CI."""
+    study = runner.study
+    s: SaeSettings = sae_settings(study)
+    layer_part, _, name = cell.trait.partition("-")
+    layer = int(layer_part.removeprefix("sae_"))
+    d = next(x for x in s.dictionaries if x.name == name)
+    bundle, report = dictionary(runner, cell.model, d, layer)
+    ref, text_r, layers = residuals(runner, cell.model, study.reference, "eval")
+    quant, text_q, _ = residuals(runner, cell.model, cell.precision, "eval")
+    if not torch.equal(text_r, text_q):
+        raise CellError("reference and quantized runs tokenized the eval texts differently")
+    i = layers.index(layer)
+    fid = fidelity(bundle, ref[:, i], quant[:, i], s.top_k)
+    owner = text_r[fid["kept"]]
+    per_text = [float(fid["jaccard"][owner == t].mean()) for t in sorted(set(owner.tolist()))]
+    value = float(fid["jaccard"].mean())
+    ci = bootstrap_ci(per_text, seed=study.seed, n=study.bootstrap_n, level=study.ci_level, point=value,
+                      what=f"cell {cell.id}: top-{s.top_k} Jaccard over texts")
+    j = judge_interval("sae_overlap", ci, study.bands["sae_overlap"], study.fail_on, study.fail_on_inconclusive)
+    figures: dict[str, Any] = {
+        "topk_jaccard": value, "active_kept": fid["active_kept"], "shared_corr": fid["shared_corr"],
+        "l0_reference": fid["l0_reference"], "l0": fid["l0"], "n_tokens": int(fid["kept"].sum()),
+        "n_texts": len(per_text), "top_k": s.top_k, "n_features": bundle.n_features,
+        **{k: fid[k] for k in ("fvu_reference", "fvu_quantized") if k in fid}, **ci.figures("topk_jaccard"),
+    }
+    if "train" in report:
+        figures.update(sae_eval_fvu=report["eval"]["fvu"], sae_dead_share=report["train"]["dead_share"])
+    card = study.cards[cell.model]
+    prov = provenance(study.path.parent, study=study.name, reference=study.reference, model=cell.model,
+                      precision=cell.precision, layer_convention=activations.LAYER_CONVENTION_TEXT,
+                      precision_settings=runner._precision_settings(cell.model, cell.precision),
+                      dictionary={"name": d.name, "bundle": str(bundle.path), "activation": bundle.activation,
+                                  "training": report}, texts=str(s.texts),
+                      tokens=f"eval texts, raw (no chat template), first {SKIP_FIRST} token(s) dropped",
+                      notes=[EMBEDDED_NOTE] if card.embedded else [])
+    return CellResult(cell_id=cell.id, kind="sae", verdict=j.verdict.label, metric="topk_jaccard", value=value,
+                      figures=figures, per_layer={"topk_jaccard": [value]}, layers=[layer], explanation=j.explain(),
+                      provenance=prov)
+

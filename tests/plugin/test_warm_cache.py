@@ -1,0 +1,68 @@
+"""Extract once, everything else in seconds: a warm re-run of the same cells loads no model and runs no forward pass.
+
+Also checks the three methodologies end to end on the embedded model at small sizes: PV rollouts (replayed from the
+reference into int8), CAA at the answer letter, Arditi at the last post-instruction token, and the probe cells.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+TRAITS = f"""
+[[traits]]
+methodology = "caa"
+name = "sycophancy"
+dataset = "{REPO}/fixtures/traits/caa_sycophancy.json"
+limit = 4
+layers = [3, 12]
+
+[[traits]]
+methodology = "pv"
+name = "sycophantic"
+dataset = "{REPO}/fixtures/traits/pv_sycophantic.json"
+limit = 1
+layers = [3, 12]
+max_new_tokens = 3
+replay = true
+
+[[traits]]
+methodology = "arditi"
+name = "refusal"
+dataset = "{REPO}/fixtures/traits/arditi_refusal"
+limit = 4
+layers = [3, 12]
+"""
+
+
+def _run(pytester: pytest.Pytester, args: list[str]) -> dict[str, object]:
+    result = pytester.runpytest_subprocess(*args, "-k", "test_probe_auroc or test_vector_fidelity")
+    result.assert_outcomes(passed=18)
+    return dict(json.loads((pytester.path / "reports/results/run.json").read_text()))
+
+
+@pytest.mark.slow
+def test_warm_rerun_loads_nothing_and_matches_the_cold_run(
+        pytester: pytest.Pytester, make_study: Callable[..., Path], run_args: Callable[..., list[str]],
+        tmp_path: Path) -> None:
+    study = make_study(precisions=("fp32", "int8"), methods=("mean_diff", "probe"), traits=TRAITS)
+    cache = tmp_path / "cache"
+    cold = _run(pytester, run_args(study, cache=cache))
+    assert cold["model_loads"] == 2 and cold["cache_misses"] == 7 and cold["generated_tokens"] > 0  # type: ignore[operator]
+    probes = json.loads((pytester.path / "reports/results/probe_comparison.json").read_text())["records"]
+    # replay: int8 activations read the fp32 responses, so only fp32 generated any
+    assert [p.name for p in (cache / "responses" / "smollm2-135m").iterdir()] == ["fp32"]
+    pv = probes["smollm2-135m-int8-pv_sycophantic-mean_diff"]["provenance"]
+    assert pv["extraction"]["int8"]["responses_from"] == "fp32" and pv["extraction"]["int8"]["kept_pairs"] == 5
+    assert "hidden_states[L+1]" in pv["layer_convention"]
+
+    warm = _run(pytester, run_args(study, cache=cache))
+    assert (warm["model_loads"], warm["forward_passes"], warm["generated_tokens"], warm["cache_misses"]) == \
+        (0, 0, 0, 0)
+    again = json.loads((pytester.path / "reports/results/probe_comparison.json").read_text())["records"]
+    assert {k: r["value"] for k, r in again.items()} == {k: r["value"] for k, r in probes.items()}

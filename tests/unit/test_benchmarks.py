@@ -1,0 +1,90 @@
+"""The [benchmarks] study table, benchmark cell ids, our task YAMLs, and the drop verdict (no model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quant_harness import benchmarks, study
+from quant_harness.errors import StudyError
+from quant_harness.verdicts import DEFAULT_BANDS, Verdict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _study(tmp_path: Path, bench: str, traits: str = "") -> Path:
+    p = tmp_path / "b.toml"
+    p.write_text(f'[study]\nroot = "{REPO}"\nreference = "fp32"\nprecisions = ["fp32", "nf4"]\n'
+                 f'[models.smollm2-135m]\ncard = "smollm2-135m"\n{traits}\n[benchmarks]\n{bench}\n')
+    return p
+
+
+def test_default_study_has_a_sanity_cell_per_precision_reference_included() -> None:
+    s = study.load(REPO / "cases/studies/default.toml")
+    assert [c.id for c in s.cells("benchmarks")] == [
+        f"smollm2-135m-{p}-sanity" for p in ("fp32", "nf4", "int8", "gptq")]
+    assert {c.group for c in s.cells("benchmarks")} == {f"smollm2-135m-{p}" for p in ("fp32", "nf4", "int8", "gptq")}
+
+
+def test_benchmarks_study_names_hellaswag_mmlu_truthfulqa() -> None:
+    s = study.load(REPO / "cases/studies/benchmarks.toml")
+    ids = [c.id for c in s.cells("benchmarks")]
+    assert "smollm2-135m-gptq-hellaswag" in ids and "smollm2-135m-int8-mmlu" in ids
+    opts = benchmarks.settings(s).options
+    assert opts["qh_hellaswag"].samples >= 500 and opts["qh_mmlu"].limit >= 5 and opts["qh_hellaswag"].limit == 0
+
+
+@pytest.mark.parametrize(("bench", "key", "expected"), [
+    ('tasks = ["qh_sanity"]\nlimt = 3', "benchmarks.limt", "one of"),
+    ('tasks = []', "benchmarks.tasks", "non-empty list"),
+    ('tasks = ["qh_sanity"]\nlimit = 3\nsamples = 5', "benchmarks.samples", "limit or samples"),
+    ('tasks = ["qh_sanity"]\nlimit = "3"', "benchmarks.limit", "a int"),
+    ('tasks = ["qh_sanity"]\n[benchmarks.per_task.qh_mmlu]\nlimit = 3', "benchmarks.per_task.qh_mmlu", "a task of"),
+    ('tasks = ["qh_sanity"]\n[benchmarks.steered]\ntrait = "caa_nope"\nmethod = "mean_diff"\nlayer = 3\n'
+     'coefficient = 4.0', "benchmarks.steered.trait", "a trait of the study"),
+])
+def test_bad_benchmarks_table_names_key_and_expectation(tmp_path: Path, bench: str, key: str, expected: str) -> None:
+    s = study.load(_study(tmp_path, bench))
+    with pytest.raises(StudyError) as e:
+        s.cells("benchmarks")
+    assert e.value.key == key and expected in e.value.expected and "b.toml" in str(e.value)
+
+
+def test_steered_cells_follow_the_plain_ones(tmp_path: Path) -> None:
+    trait = (f'[[traits]]\nmethodology = "caa"\nname = "sycophancy"\n'
+             f'dataset = "{REPO}/fixtures/traits/caa_sycophancy.json"\nlayers = [10]\n')
+    s = study.load(_study(tmp_path, 'tasks = ["qh_sanity", "qh_hellaswag"]\n[benchmarks.steered]\n'
+                          'trait = "caa_sycophancy"\nmethod = "mean_diff"\nlayer = 10\ncoefficient = 4.0\n'
+                          'tasks = ["qh_sanity"]', trait))
+    ids = [c.id for c in s.cells("benchmarks") if c.precision == "nf4"]
+    assert ids == ["smollm2-135m-nf4-sanity", "smollm2-135m-nf4-hellaswag", "smollm2-135m-nf4-sanity_steered"]
+    assert benchmarks.settings(s).task_of("sanity_steered") == ("qh_sanity", True)
+
+
+def test_shipped_task_yamls_all_load() -> None:
+    files = benchmarks.validate_tasks(benchmarks.TASKS_DIR)
+    names = {f.name for f in files}
+    assert {"qh_sanity.yaml", "qh_hellaswag.yaml", "qh_truthfulqa_mc2.yaml", "qh_mmlu_anatomy.yaml"} <= names
+    assert sum(n.startswith("qh_mmlu_") for n in names) == 57
+
+
+def test_an_unparsable_task_yaml_is_an_error_not_skipped(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("task: qh_broken\ndoc_to_text: [unclosed\n")
+    with pytest.raises(StudyError, match="broken.yaml"):
+        benchmarks.validate_tasks(tmp_path)
+
+
+def test_drop_interval_from_combined_stderrs_decides_the_verdict() -> None:
+    band = DEFAULT_BANDS["accuracy_drop"]
+    d = benchmarks.judge_drop(0.40, 0.01, 0.36, 0.01, band, Verdict.BROKEN)
+    assert d.drop == pytest.approx(0.04) and d.stderr == pytest.approx(0.01 * 2 ** 0.5)
+    assert d.significant is True and d.verdict is Verdict.INCONCLUSIVE   # 0.04 +- 0.028 straddles 0.03
+    d = benchmarks.judge_drop(0.40, 0.05, 0.39, 0.05, band, Verdict.BROKEN)
+    assert d.significant is False and d.verdict is Verdict.INCONCLUSIVE
+    d = benchmarks.judge_drop(0.60, 0.002, 0.50, 0.002, band, Verdict.BROKEN)
+    assert d.significant is True and d.verdict is Verdict.BROKEN and not d.judgement.allowed
+    d = benchmarks.judge_drop(0.40, 0.001, 0.40, 0.001, band, Verdict.BROKEN)
+    assert d.significant is False and d.verdict is Verdict.ROBUST
+    d = benchmarks.judge_drop(0.40, None, 0.385, None, band, Verdict.BROKEN)
+    assert d.significant is None and d.verdict is Verdict.DEGRADED
