@@ -80,7 +80,7 @@ def _sae_oracle(args: argparse.Namespace) -> int:
                                tolerance=args.tolerance, layout=args.layout or "features_first")
             print(f"wrote {args.oracle}: {len(doc['cases'])} cases, top-{args.top_k}, tolerance {args.tolerance:g}")
             return 0
-        problems = oracle.check(args.bundle, args.oracle, layout=args.layout)
+        problems = oracle.check(args.bundle, args.oracle, layout=args.layout, dtype=args.dtype)
     except BundleError as e:
         print(f"quant-harness sae-oracle: {e}", file=sys.stderr)
         return 2
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                    "Default: 1e-4")
     o.add_argument("--layout", choices=["features_first", "saelens"], default=None,
                    help="Tensor layout of the bundle. Default: features_first (check: the oracle's)")
+    o.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="check: store the bundle's weights at this precision first. Default: float32")
     o.set_defaults(fn=_sae_oracle)
     args = parser.parse_args(argv)
     return int(args.fn(args))

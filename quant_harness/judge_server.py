@@ -3,7 +3,9 @@
 Why not ``transformers serve``: in transformers 5.23 it needs FastAPI and Uvicorn (``transformers[serving]``), which
 the harness does not otherwise install. This module needs only the standard library and transformers. It serves
 ``GET /health``, ``GET /v1/models`` and ``POST /v1/chat/completions`` (greedy; ``logprobs``/``top_logprobs`` per
-generated token, as OpenAI returns them). Run: ``python -m quant_harness.judge_server --model PATH [--port 0]``;
+generated token, as OpenAI returns them). Extension: a request with ``"quant_harness_number": true`` is decoded
+constrained to an integer (digits, then end), because small local models seldom answer "reply with a number" with a
+number; the record of a study says its judge was constrained. Run: ``python -m quant_harness.judge_server --model PATH [--port 0]``;
 it prints ``listening on http://127.0.0.1:PORT`` once ready.
 """
 
@@ -40,11 +42,15 @@ class _Model:
         top = int(body.get("top_logprobs") or 0)
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        extra: dict[str, Any] = {}
+        if body.get("quant_harness_number"):
+            max_tokens = min(max_tokens, 4)
+            extra["logits_processor"] = [self._number_only(ids.shape[1])]
         with self.lock, torch.no_grad():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                       do_sample=False, output_scores=True, return_dict_in_generate=True,
                                       pad_token_id=self.tokenizer.eos_token_id, temperature=None, top_p=None,
-                                      top_k=None)
+                                      top_k=None, **extra)
         new = out.sequences[0, ids.shape[1]:].tolist()
         eos = self.tokenizer.eos_token_id
         finish = "stop" if new and new[-1] == eos else "length"
@@ -65,6 +71,24 @@ class _Model:
                 "model": self.name, "choices": [choice],
                 "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new),
                           "total_tokens": ids.shape[1] + len(new)}}
+
+    def _number_only(self, n_prompt: int) -> Any:
+        """Allow only the tokens that keep the answer an integer in 0..100, then the end."""
+        torch = self.torch
+        digits = [self.tokenizer(str(d), add_special_tokens=False).input_ids[-1] for d in range(10)]
+        value = {tok: d for d, tok in enumerate(digits)}
+        eos = self.tokenizer.eos_token_id
+
+        def process(input_ids: Any, scores: Any) -> Any:
+            so_far = "".join(str(value[int(t)]) for t in input_ids[0, n_prompt:] if int(t) in value)
+            allowed = [tok for d, tok in enumerate(digits) if so_far != "0" and int(so_far + str(d)) <= 100]
+            if so_far:
+                allowed.append(eos)
+            mask = torch.full_like(scores, float("-inf"))
+            mask[:, allowed] = 0.0
+            return scores + mask
+
+        return process
 
     def _token(self, tok: int, logprob: float) -> dict[str, Any]:
         s = self.tokenizer.decode([tok])

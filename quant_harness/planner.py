@@ -125,7 +125,8 @@ def build(study: Study, cells: Sequence[tuple[Cell, str | None]], *, workers: in
     if len(plan_workers) == 1 and not slots:
         plan_workers = [("master", None)]
     load: dict[str, float] = {w: 0.0 for w, _ in plan_workers}
-    for g in sorted((g for g in groups if not g.skip), key=lambda g: (-g.gpus, -g.cost, g.group)):
+    for g in sorted((g for g in groups if not g.skip),
+                    key=lambda g: (-g.gpus, g.precision != study.reference, -g.cost, g.group)):
         fitting = [(w, s) for w, s in plan_workers if s is None or len(s) >= g.gpus]
         if not fitting:
             g.skip = f"{g.model} needs {g.gpus} GPUs; no worker slot holds that many"

@@ -26,11 +26,14 @@ def node_gpus(node: Any) -> int | None:
 
 
 class CellGroupScheduling(LoadScopeScheduling):
-    """Every cell of one model x precision goes to one worker; bigger-GPU and larger groups are handed out first."""
+    """Every cell of one model x precision goes to one worker; groups needing more GPUs go first, then reference
+    groups (their activations are what the quantized groups of the model compare against), then larger groups."""
 
-    def __init__(self, config: Any, log: Any = None, model_gpus: Mapping[str, int] | None = None) -> None:
+    def __init__(self, config: Any, log: Any = None, model_gpus: Mapping[str, int] | None = None,
+                 reference: str = "") -> None:
         super().__init__(config, log)
         self.model_gpus = dict(model_gpus or {})
+        self.reference = reference
 
     def _split_scope(self, nodeid: str) -> str:
         return group_of_nodeid(nodeid) or nodeid.rsplit("@", 1)[0]
@@ -87,7 +90,8 @@ class CellGroupScheduling(LoadScopeScheduling):
             units.setdefault(self._split_scope(nodeid), {})[nodeid] = False
         order = list(units.items())
         if self.config.option.loadscopereorder:
-            order.sort(key=lambda item: (-self._need(item[0]), -len(item[1])))
+            order.sort(key=lambda item: (-self._need(item[0]), split_group(item[0])[1] != self.reference,
+                                         -len(item[1])))
         self.workqueue.update(order)
         by_capacity = sorted(self.nodes, key=lambda n: -(node_gpus(n) or 0))
         for node in by_capacity:

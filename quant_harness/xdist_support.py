@@ -40,4 +40,4 @@ class XdistHooks:
 
         study = config.stash.get(STUDY, None)
         gpus = {name: card.gpus for name, card in study.cards.items()} if study is not None else {}
-        return CellGroupScheduling(config, log, model_gpus=gpus)
+        return CellGroupScheduling(config, log, model_gpus=gpus, reference=study.reference if study else "")

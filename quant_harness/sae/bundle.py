@@ -110,15 +110,16 @@ def _shape(t: Tensor) -> list[int]:
 
 def load_bundle(folder: str | Path, layer: int, *, layout: str = "features_first",
                 d_model: int | None = None) -> Bundle:
-    """Read and validate ``<folder>/layer_{layer}.safetensors``; ``d_model`` (the model's width) is checked when given."""
+    """Read and validate ``<folder>/layer_{layer}.safetensors``; ``d_model`` (the model's width) is checked if given."""
     from safetensors import safe_open
 
     if layout not in LAYOUTS:
         raise BundleError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     f = layer_file(Path(folder), layer)
     cfg: dict[str, str] = {}
-    if layout == "saelens" and not f.is_file() and (Path(folder) / f"layer_{layer}" / "sae_weights.safetensors").is_file():
-        f = Path(folder) / f"layer_{layer}" / "sae_weights.safetensors"
+    saelens_file = Path(folder) / f"layer_{layer}" / "sae_weights.safetensors"
+    if layout == "saelens" and not f.is_file() and saelens_file.is_file():
+        f = saelens_file
         cfg = _saelens_cfg(f.parent / "cfg.json")
     if not f.is_file():
         found = sorted(p.name for p in Path(folder).glob("layer_*.safetensors")) if Path(folder).is_dir() else []

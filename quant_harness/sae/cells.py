@@ -22,7 +22,7 @@ from torch import Tensor
 
 from quant_harness import activations, counters, metrics, progress
 from quant_harness.confidence import bootstrap_ci, judge_interval
-from quant_harness.errors import CellError, DatasetError
+from quant_harness.errors import BundleError, CellError, DatasetError
 from quant_harness.records import CellResult, provenance, versions
 from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle
 from quant_harness.sae.settings import Dictionary, SaeSettings, sae_settings
@@ -136,9 +136,9 @@ def dictionary(runner: Any, model: str, d: Dictionary, layer: int) -> tuple[Bund
                  "texts": _hash(load_texts(sae_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
                  "train": d.train.as_dict(), "torch": versions()["torch"]})
     folder = Path(runner.cache.root) / "sae" / "dictionaries" / model / f"{d.name}-L{layer}-{key}"
-    report_file = folder / "report.json"
     with FileLock(str(folder) + ".lock"):
-        if not report_file.is_file():
+        cached = _cached_bundle(folder, layer, card.hidden_size)
+        if cached is None:
             counters.add("cache_misses")
             progress.note(f"quant_harness: training SAE {d.name} on {model}/{ref} layer {layer} ...")
             x = acts[:, layers.index(layer)]
@@ -155,9 +155,24 @@ def dictionary(runner: Any, model: str, d: Dictionary, layer: int) -> tuple[Bund
             os.replace(tmp, folder)
             progress.note(f"quant_harness: SAE {d.name} L{layer}: eval fvu {report['eval']['fvu']:.3f} "
                           f"(mean baseline 1), dead {report['train']['dead_share']:.1%}")
+            cached = _cached_bundle(folder, layer, card.hidden_size)
+            if cached is None:
+                raise CellError(f"{folder}: the dictionary just trained cannot be read back")
         else:
             counters.add("cache_hits")
-    return load_bundle(folder, layer, d_model=card.hidden_size), json.loads(report_file.read_text())
+    return cached
+
+
+def _cached_bundle(folder: Path, layer: int, d_model: int) -> tuple[Bundle, dict[str, Any]] | None:
+    """A trained dictionary from the cache, or None; an unreadable one is reported and removed (then retrained)."""
+    if not (folder / "report.json").is_file():
+        return None
+    try:
+        return load_bundle(folder, layer, d_model=d_model), json.loads((folder / "report.json").read_text())
+    except (BundleError, OSError, json.JSONDecodeError) as e:
+        progress.note(f"cache: dictionary {folder} is unusable ({e}); retraining")
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
 
 def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,9 +54,24 @@ def write(folder: str | Path, layers: Sequence[int], out: str | Path, *, seeds: 
     return doc
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _rounded(bundle: Bundle, dtype: str) -> Bundle:
+    """The bundle with its weights stored at ``dtype`` (encoding still runs in float32)."""
+    if dtype not in DTYPES:
+        raise BundleError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    r = {k: getattr(bundle, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip", "threshold")}
+    r = {k: None if v is None else v.to(DTYPES[dtype]).float() for k, v in r.items()}
+    return replace(bundle, **r)
+
+
 def check(folder: str | Path, oracle: str | Path, *, layout: str | None = None,
-          tolerance: float | None = None) -> list[str]:
-    """Mismatches of the bundle in ``folder`` against an oracle file (empty list: it passes)."""
+          tolerance: float | None = None, dtype: str = "float32") -> list[str]:
+    """Mismatches of the bundle in ``folder`` against an oracle file (empty list: it passes).
+
+    ``dtype`` stores the bundle's weights at a lower precision first: does the dictionary survive fp16 or bf16?
+    """
     path = Path(oracle)
     try:
         doc = json.loads(path.read_text())
@@ -70,7 +86,8 @@ def check(folder: str | Path, oracle: str | Path, *, layout: str | None = None,
     for c in cases:
         layer = int(c["layer"])
         if layer not in bundles:
-            bundles[layer] = load_bundle(folder, layer, layout=layout or doc.get("layout", "features_first"))
+            bundles[layer] = _rounded(load_bundle(folder, layer, layout=layout or doc.get("layout", "features_first")),
+                                      dtype)
         x = torch.tensor(c["residual"], dtype=torch.float32)
         idx, values, _ = top_features(bundles[layer], x, k)
         want = {int(t["index"]): float(t["activation"]) for t in c["top"]}

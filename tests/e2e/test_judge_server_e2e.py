@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
 
-from quant_harness import counters, judges
+from quant_harness import counters, judges, progress
 from quant_harness.errors import JudgeError
 
 SECRET = "sk-test-not-a-real-key-0123456789"
@@ -21,7 +22,10 @@ def checkpoint(model_dir: Path) -> Path:
 
 
 def test_judge_round_trip_cache_and_failure(checkpoint: Path, tmp_path: Path) -> None:
-    s = judges.settings({"base_url": "local", "max_retries": 2, "backoff": 0.05, "timeout": 300})
+    log = io.StringIO()
+    progress.set_sink(log)
+    s = judges.settings({"base_url": "local", "max_retries": 2, "backoff": 0.05, "timeout": 300,
+                         "constrain_number": True})
     server = judges.LocalServer(checkpoint)
     url = server.start()
     try:
@@ -29,8 +33,7 @@ def test_judge_round_trip_cache_and_failure(checkpoint: Path, tmp_path: Path) ->
         prompt = judges.load_prompt("coherence").format(question="What is 2 + 2?", answer="2 + 2 = 4.")
         before = counters.snapshot()["judge_calls"]
         first = judge.score(prompt)
-        assert first.mode in ("logprobs", "parsed", "unscored")
-        assert first.value is None or 0 <= first.value <= 100
+        assert first.mode == "parsed" and first.value is not None and 0 <= first.value <= 100, first
         calls = counters.snapshot()["judge_calls"]
         assert calls >= before + 1
         again = judge.score(prompt)
@@ -43,6 +46,8 @@ def test_judge_round_trip_cache_and_failure(checkpoint: Path, tmp_path: Path) ->
     with pytest.raises(JudgeError, match=r"no answer after 3 attempts \(APIConnectionError") as err:
         judge.score(other)
     assert SECRET not in str(err.value)
+    assert log.getvalue().count("APIConnectionError") == 3 and SECRET not in log.getvalue()
+    progress.set_sink(None)
     assert counters.snapshot()["judge_calls"] == calls + 3
     assert judge.score(prompt) == first
     assert len(list((tmp_path / "judge").rglob("*.json"))) == 1

@@ -26,10 +26,9 @@ def test_caa_logit_diff_cell_on_nf4(pytester: pytest.Pytester, make_study: Calla
     args = run_args(study, "-v")
     args[0] = str(Path(args[0]) / "test_logit_diff.py")
     result = pytester.runpytest(*args)
-    result.stdout.fnmatch_lines([f"*test_logit_diff_correlation[[]{CELL}[]] PASSED*"])
     result.assert_outcomes(passed=1)
     matrix = json.loads((pytester.path / "reports" / "results" / "steering_comparison.json").read_text())
-    rec = matrix["records"][CELL]
+    rec = matrix["records"][f"logit_diff:{CELL}"]
     assert rec["kind"] == "logit_diff" and rec["metric"] == "logit_corr"
     assert -1.0 <= rec["value"] <= 1.0 and rec["verdict"] in ("robust", "degraded", "broken")
     assert set(rec["figures"]["by_coefficient"]) == {"-2", "0", "2"}

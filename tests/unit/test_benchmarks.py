@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness import benchmarks, study
+from quant_harness import benchmarks, scheduling, study
 from quant_harness.errors import StudyError
 from quant_harness.verdicts import DEFAULT_BANDS, Verdict
 
@@ -25,6 +25,7 @@ def test_default_study_has_a_sanity_cell_per_precision_reference_included() -> N
     assert [c.id for c in s.cells("benchmarks")] == [
         f"smollm2-135m-{p}-sanity" for p in ("fp32", "nf4", "int8", "gptq")]
     assert {c.group for c in s.cells("benchmarks")} == {f"smollm2-135m-{p}" for p in ("fp32", "nf4", "int8", "gptq")}
+    assert all(scheduling.group_of_id(c.id) == c.group for c in s.cells("benchmarks")), "xdist groups by this"
 
 
 def test_benchmarks_study_names_hellaswag_mmlu_truthfulqa() -> None:

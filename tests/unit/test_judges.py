@@ -42,6 +42,12 @@ def test_low_numeric_mass_is_none_not_zero() -> None:
     assert s.value is None and s.mode == "unscored"
 
 
+def test_single_digit_answer_of_a_digit_tokenizer_is_not_weighted_over_digits() -> None:
+    tokens = [{"token": "7", "logprob": -0.1, "top_logprobs": [{"token": "7", "logprob": -0.1},
+                                                              {"token": "1", "logprob": -2.0}]}]
+    assert judges.score_answer("7", tokens) == judges.Score(7.0, "parsed", "7")
+
+
 def test_digit_tokenizer_falls_back_to_the_parsed_number() -> None:
     tokens = [{"token": "8", "logprob": -0.1, "top_logprobs": []}, {"token": "5", "logprob": -0.1}]
     s = judges.score_answer("85", tokens)

@@ -169,3 +169,12 @@ def test_vram_estimate_follows_bytes_per_parameter() -> None:
     assert vram_gb(8.0, "bf16") == pytest.approx(8 * 2 * 1.1 + 1.5)
     assert vram_gb(8.0, "nf4") < vram_gb(8.0, "int8") < vram_gb(8.0, "bf16") < vram_gb(8.0, "fp32")
     assert vram_gb(70.6, "bf16") > 80 > vram_gb(70.6, "nf4")
+
+
+def test_reference_groups_start_before_quantized_ones(pytester: pytest.Pytester) -> None:
+    ids = [f"cases/test_v.py::test_v[m-{p}-caa_x-{k}]" for p in ("nf4", "bf16") for k in ("mean_diff", "probe")]
+    ids += ["cases/test_v.py::test_v[m-nf4-caa_y-mean_diff]"]
+    sched = CellGroupScheduling(pytester.parseconfig("-p", "xdist", "--tx=2*popen"), None, reference="bf16")
+    nodes = [_Node("gw0", None), _Node("gw1", None)]
+    ran = _run(sched, nodes, ids)
+    assert nodes[0].sent[:2] == [2, 3] and ran == {"m-bf16": {"gw0"}, "m-nf4": {"gw1"}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -194,3 +195,56 @@ def test_decoders_feed_steering_rows(tmp_path: Path) -> None:
     save_bundle(_tensors(), tmp_path, 2)
     vecs = sae_feature_vectors(decoders(tmp_path, [2]), [[2, 5, 0.5], [2, 1, 2.0]])
     torch.testing.assert_close(vecs[2], 0.5 * _tensors()["W_dec"][5] + 2.0 * _tensors()["W_dec"][1])
+
+
+def test_oracle_check_at_lower_weight_precision(tmp_path: Path) -> None:
+    save_bundle(_tensors(), tmp_path / "b", 0)
+    out = tmp_path / "o.json"
+    oracle.write(tmp_path / "b", [0], out, seeds=2, top_k=3, tolerance=1e-6)
+    assert oracle.check(tmp_path / "b", out) == []
+    assert any("> 1e-06" in p for p in oracle.check(tmp_path / "b", out, dtype="bfloat16"))
+    assert oracle.check(tmp_path / "b", out, dtype="bfloat16", tolerance=0.1) == []
+
+
+def test_study_sae_cells_have_model_precision_ids(make_study: Callable[..., Path]) -> None:
+    from quant_harness import study
+    from quant_harness.scheduling import group_of_id
+
+    extra = """
+        [sae]
+        layers = [12, 6]
+        [sae.dictionaries.mini]
+        features = 64
+        [sae.dictionaries.other]
+        path = "/nowhere"
+        models = ["smollm2-135m"]
+        """
+    s = study.load(make_study(precisions=("fp32", "nf4", "int8"), extra=extra))
+    ids = [c.id for c in s.cells("sae")]
+    assert ids == [f"smollm2-135m-{p}-sae_{layer}-{d}" for p in ("nf4", "int8") for layer in (6, 12)
+                   for d in ("mini", "other")]
+    assert {group_of_id(i) for i in ids} == {"smollm2-135m-nf4", "smollm2-135m-int8"}
+
+
+def test_corrupt_cached_dictionary_is_dropped(tmp_path: Path) -> None:
+    from quant_harness.sae.cells import _cached_bundle
+
+    folder = tmp_path / "tiny-L0-abc"
+    save_bundle(_tensors(), folder, 0)
+    (folder / "report.json").write_text("{}")
+    assert _cached_bundle(folder, 0, D) is not None
+    (folder / "layer_0.safetensors").write_bytes(b"truncated")
+    assert _cached_bundle(folder, 0, D) is None and not folder.exists()
+
+
+def test_transcoder_decode_adds_skip_path(tmp_path: Path) -> None:
+    t = _tensors(W_skip=torch.randn(D, D, generator=torch.Generator().manual_seed(9)))
+    save_bundle(t, tmp_path, 0)
+    b = load_bundle(tmp_path, 0)
+    x = torch.randn(2, D)
+    acts = b.encode(x)
+    torch.testing.assert_close(b.decode(acts, x), acts @ t["W_dec"] + t["b_dec"] + x @ t["W_skip"].T)
+    with pytest.raises(BundleError, match="transcoder"):
+        b.decode(acts)
+    fid = fidelity(b, x, x.clone(), top_k=2)
+    assert "fvu_reference" not in fid
