@@ -165,6 +165,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(XdistHooks(config), "quant_harness.xdist")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Detach the progress sink: it points at this run's terminal or log file."""
+    previous = progress.set_sink(None)
+    if previous is not None and not isinstance(previous, _TerminalSink):
+        previous.close()
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     s = config.stash.get(STUDY, None)
     if s is None:

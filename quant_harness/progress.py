@@ -15,9 +15,11 @@ T = TypeVar("T")
 _sink: IO[str] | None = None
 
 
-def set_sink(stream: IO[str] | None) -> None:
+def set_sink(stream: IO[str] | None) -> IO[str] | None:
+    """Route progress to ``stream`` (None: stderr); returns the previous sink so its owner can close it."""
     global _sink
-    _sink = stream
+    previous, _sink = _sink, stream
+    return previous
 
 
 def bar(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it") -> Any:

@@ -1,7 +1,10 @@
 """Shared fixtures of the harness's own tests.
 
-torch and transformers are imported here first: pytester's in-process runs restore sys.modules afterwards, and a
-second import of torch inside a run dies ("function '_has_torch_function' already has a docstring").
+torch, transformers and the quantization libraries are imported here first: pytester's in-process runs restore
+sys.modules afterwards, and a second import of a module that registers torch operators dies inside the next run
+("function '_has_torch_function' already has a docstring", "Tried to register an operator ... multiple times").
+Runs that load a quantized model use runpytest_subprocess: transformers imports its quantizer classes lazily, and an
+in-process run would evict and re-create them (class identity checks then fail).
 """
 
 from __future__ import annotations
@@ -11,10 +14,18 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import bitsandbytes  # noqa: F401
 import torch  # noqa: F401
+import torchao  # noqa: F401
 import transformers  # noqa: F401
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every pytester run in a fresh process (pytest's own --runpytest=subprocess): the libraries a study imports
+    (transformers' lazy quantizers, lm-eval, torchao) do not survive pytester's sys.modules restore."""
+    config.option.runpytest = "subprocess"
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = REPO / "cases"
@@ -93,6 +104,8 @@ def run_args(model_dir: Path, shared_cache: Path) -> Callable[..., list[str]]:
         return [str(CASES), "-p", "quant_harness.plugin", "--quant-study", str(study),
                 "--quant-model-dir", str(model_dir), "--quant-cache-dir", str(cache or shared_cache),
                 "--quant-report-dir", str(here / "reports"), "--rootdir", str(here), "-p", "no:cacheprovider",
+                # cases/test_x.py and tests/unit/test_x.py share basenames: import each by its path
+                "--import-mode=importlib",
                 *more]
 
     return args

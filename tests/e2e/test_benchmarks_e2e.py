@@ -137,7 +137,7 @@ def test_sanity_cells_run_through_pytest_cases_load_once_and_cache(
     study = make_study(precisions=("fp32", "nf4"), extra=extra)
     cache = tmp_path / "bench_cache"
     before = counters.snapshot()["loads_by_group"]
-    result = pytester.runpytest(*run_args(study, "-k", "sanity", "--junitxml", "reports/junit.xml", cache=cache))
+    result = pytester.runpytest_subprocess(*run_args(study, "-k", "sanity", "--junitxml", "reports/junit.xml", cache=cache))
     result.assert_outcomes(passed=4)
     run = json.loads((pytester.path / "reports/results/run.json").read_text())
     loads = {g: n - before.get(g, 0) for g, n in run["loads_by_group"].items()}  # type: ignore[union-attr]
@@ -157,7 +157,7 @@ def test_sanity_cells_run_through_pytest_cases_load_once_and_cache(
     props = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "reports/junit.xml").iter("property")}
     assert "accuracy_drop" in props and "acc_norm,none" in props
 
-    again = pytester.runpytest(*run_args(study, "-k", "sanity", cache=cache))
+    again = pytester.runpytest_subprocess(*run_args(study, "-k", "sanity", cache=cache))
     again.assert_outcomes(passed=4)
     assert "loading smollm2-135m" not in again.stdout.str(), "a warm re-run evaluates nothing"
     again.stdout.fnmatch_lines(["*fp32 sanity: lm-eval result from cache*", "*nf4 sanity: lm-eval result from cache*"])

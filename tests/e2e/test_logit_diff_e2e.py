@@ -25,7 +25,7 @@ def test_caa_logit_diff_cell_on_nf4(pytester: pytest.Pytester, make_study: Calla
     study = make_study(precisions=("fp32", "nf4"), methods=("mean_diff",), limit=8, layers="[12]", extra=STEERING)
     args = run_args(study, "-v")
     args[0] = str(Path(args[0]) / "test_logit_diff.py")
-    result = pytester.runpytest(*args)
+    result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=1)
     matrix = json.loads((pytester.path / "reports" / "results" / "steering_comparison.json").read_text())
     rec = matrix["records"][f"logit_diff:{CELL}"]

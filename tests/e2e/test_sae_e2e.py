@@ -32,7 +32,7 @@ def test_nf4_sae_cell_trains_dictionary_and_records(pytester: pytest.Pytester, t
         batch_size = 32
         """
     study = make_study(precisions=("fp32", "nf4"), methods=("mean_diff",), extra=extra)
-    result = pytester.runpytest(*run_args(study, "-k", "test_sae_feature_fidelity"))
+    result = pytester.runpytest_subprocess(*run_args(study, "-k", "test_sae_feature_fidelity"))
     result.assert_outcomes(passed=1)
     records = json.loads((pytester.path / "reports/results/sae_comparison.json").read_text())["records"]
     record = records["smollm2-135m-nf4-sae_6-mini"]

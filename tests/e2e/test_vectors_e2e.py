@@ -14,7 +14,7 @@ import pytest
 def test_nf4_vector_cell_writes_record_and_junit(pytester: pytest.Pytester, make_study: Callable[..., Path],
                                                  run_args: Callable[..., list[str]]) -> None:
     study = make_study(precisions=("fp32", "nf4"), methods=("mean_diff",), layers="[2, 12, 28]")
-    result = pytester.runpytest(*run_args(study, "-k", "test_vector_fidelity and nf4",
+    result = pytester.runpytest_subprocess(*run_args(study, "-k", "test_vector_fidelity and nf4",
                                           "--junitxml", "reports/junit.xml"))
     result.assert_outcomes(passed=1)
     record = json.loads((pytester.path / "reports/results/vector_comparison.json").read_text())["records"][
@@ -23,7 +23,7 @@ def test_nf4_vector_cell_writes_record_and_junit(pytester: pytest.Pytester, make
     cos = record["per_layer"]["cosine"]
     assert len(cos) == 3 and all(-1.0 <= c <= 1.0 for c in cos)
     assert record["value"] == pytest.approx(sum(cos) / 3)
-    assert record["verdict"] in ("robust", "degraded", "broken")
+    assert record["verdict"] in ("robust", "degraded", "broken", "inconclusive")
     assert record["provenance"]["reference"] == "fp32"
     assert "hidden_states[L+1]" in record["provenance"]["layer_convention"]
     assert any("Q4_1" in n for n in record["provenance"]["notes"])
