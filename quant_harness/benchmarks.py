@@ -103,6 +103,16 @@ class Settings:
         return next(t for t in self.tasks if benchmark_name(t) == base), steered
 
 
+def local_data_dir(kwargs: dict[str, Any], task: str, holding: str) -> Path:
+    """The benchmark data folder of a local task (tasks/*/utils.py): task metadata ``qh_data_dir`` (set by the
+    harness from the study), else ``$QUANT_HARNESS_DATA``; never a machine path baked into a task file."""
+    where = kwargs.get("qh_data_dir") or os.environ.get("QUANT_HARNESS_DATA")
+    if not where:
+        raise FileNotFoundError(f"{task} needs the benchmark data folder: set QUANT_HARNESS_DATA or pass "
+                                f"metadata qh_data_dir (a folder holding {holding})")
+    return Path(where)
+
+
 def benchmark_name(task: str) -> str:
     return task.removeprefix("qh_")
 

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import datasets
+
 from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401  the stock preprocessing, used by the YAML
 
-
-def data_dir(kwargs: dict[str, Any]) -> Path:
-    """The benchmark data folder: task metadata `qh_data_dir` (set by quant_harness), else $QUANT_HARNESS_DATA."""
-    where = kwargs.get("qh_data_dir") or os.environ.get("QUANT_HARNESS_DATA")
-    if not where:
-        raise FileNotFoundError("qh_hellaswag needs the benchmark data folder: set QUANT_HARNESS_DATA or pass "
-                                "metadata qh_data_dir (a folder holding hellaswag/hellaswag_val.jsonl)")
-    return Path(where)
+from quant_harness.benchmarks import local_data_dir
 
 
 def load_hellaswag(**kwargs: Any) -> datasets.DatasetDict:
     """lm-eval `custom_dataset`: the `validation` split; labels as strings, as in the HF copy."""
-    path = data_dir(kwargs) / "hellaswag" / "hellaswag_val.jsonl"
+    path = local_data_dir(kwargs, "qh_hellaswag", "hellaswag/hellaswag_val.jsonl") / "hellaswag/hellaswag_val.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; expected HellaSwag validation JSONL")
     rows = []

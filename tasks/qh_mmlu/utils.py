@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-
-def data_dir(kwargs: dict[str, Any]) -> Path:
-    """The benchmark data folder: task metadata `qh_data_dir` (set by quant_harness), else $QUANT_HARNESS_DATA."""
-    where = kwargs.get("qh_data_dir") or os.environ.get("QUANT_HARNESS_DATA")
-    if not where:
-        raise FileNotFoundError("qh_mmlu needs the benchmark data folder: set QUANT_HARNESS_DATA or pass "
-                                "metadata qh_data_dir (a folder holding mmlu/{dev,test}/<subject>_<split>.csv)")
-    return Path(where)
+from quant_harness.benchmarks import local_data_dir
 
 
 def _read(path: Path, subject: str) -> list[dict[str, Any]]:
@@ -29,7 +21,7 @@ def _read(path: Path, subject: str) -> list[dict[str, Any]]:
 
 def load_mmlu(subject: str, **kwargs: Any) -> datasets.DatasetDict:
     """lm-eval `custom_dataset`: `dev` (few-shot pool) and `test` splits of one subject."""
-    root = data_dir(kwargs) / "mmlu"
+    root = local_data_dir(kwargs, "qh_mmlu", "mmlu/{dev,test}/<subject>_<split>.csv") / "mmlu"
     return datasets.DatasetDict({split: datasets.Dataset.from_list(_read(root / split / f"{subject}_{split}.csv",
                                                                         subject))
                                  for split in ("dev", "test")})
