@@ -132,16 +132,34 @@ def _layer_vectors(path: Path, tensors: dict[str, Tensor], n_layers: int) -> dic
 
 
 def _sae_vectors(path: Path, tensors: dict[str, Tensor], rows: Sequence[Sequence[float]]) -> dict[int, Tensor]:
-    out: dict[int, Tensor] = {}
+    decoders: dict[int, Tensor] = {}
     for i, row in enumerate(rows):
-        layer, feature, strength = int(row[0]), int(row[1]), float(row[2])
+        layer = int(row[0])
         w = next((tensors[k] for k in (f"{d}.{layer}" for d in _DECODER_KEYS) if k in tensors), None)
         if w is None:
             w = next((tensors[k] for k in _DECODER_KEYS if k in tensors), None)
         if w is None:
             raise CellError(f"{path}: no SAE decoder ({', '.join(_DECODER_KEYS)}) for sae_features[{i}]; "
                             f"found {', '.join(sorted(tensors))}")
+        decoders[layer] = w
+    try:
+        return sae_feature_vectors(decoders, rows)
+    except ValueError as e:
+        raise CellError(f"{path}: {e}") from e
+
+
+def sae_feature_vectors(decoder: Tensor | dict[int, Tensor], rows: Sequence[Sequence[float]]) -> dict[int, Tensor]:
+    """Steering vectors from SAE features: each ``[layer, feature_id, strength]`` row adds ``strength x W_dec[feature]``
+    to its layer's vector. ``decoder`` is one ``[n_features, d_model]`` matrix for every layer, or one per layer."""
+    out: dict[int, Tensor] = {}
+    for i, row in enumerate(rows):
+        if len(row) != 3:
+            raise ValueError(f"sae_features[{i}] = {list(row)!r}: expected [layer, feature_id, strength]")
+        layer, feature, strength = int(row[0]), int(row[1]), float(row[2])
+        w = decoder[layer] if isinstance(decoder, dict) else decoder
         if w.ndim != 2 or not 0 <= feature < w.shape[0]:
-            raise CellError(f"{path}: sae_features[{i}] feature {feature} not in a decoder of shape {tuple(w.shape)}")
-        out[layer] = out.get(layer, torch.zeros(w.shape[1])) + strength * w[feature].float()
+            raise ValueError(f"sae_features[{i}] feature {feature} not in a decoder of shape {tuple(w.shape)}")
+        out[layer] = out.get(layer, torch.zeros(w.shape[1])) + strength * w[feature].detach().float()
+    if not out:
+        raise ValueError("no SAE rows: expected at least one [layer, feature_id, strength]")
     return out

@@ -77,7 +77,8 @@ class _Offset:
 
 def _track_offset(model: Any, state: _Offset) -> Any:
     def pre(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
-        cache = kwargs.get("past_key_values")
+        # transformers 5.24 passes the KV cache as ``cache``; earlier 5.x releases as ``past_key_values``
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
         state.value = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
     return model.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -287,48 +288,3 @@ def ab_logits(
     if not all(torch.isfinite(torch.tensor(diffs))):
         raise CellError("A/B logits contain NaN or inf")
     return ABLogits(diffs, probs)
-
-
-def sae_feature_vectors(decoder: Tensor | dict[int, Tensor], rows: Sequence[Sequence[float]]) -> dict[int, Tensor]:
-    """Steering vectors from SAE features: each ``[layer, feature_id, strength]`` row adds ``strength x W_dec[feature]``
-    to its layer's vector. ``decoder`` is one ``[n_features, d_model]`` matrix for every layer, or one per layer."""
-    out: dict[int, Tensor] = {}
-    for i, row in enumerate(rows):
-        if len(row) != 3:
-            raise ValueError(f"SAE row {i} = {list(row)!r}: expected [layer, feature_id, strength]")
-        layer, feature, strength = int(row[0]), int(row[1]), float(row[2])
-        w = decoder[layer] if isinstance(decoder, dict) else decoder
-        if w.ndim != 2 or not 0 <= feature < w.shape[0]:
-            raise ValueError(f"SAE row {i}: feature {feature} not in a decoder of shape {tuple(w.shape)}")
-        out[layer] = out.get(layer, torch.zeros(w.shape[1])) + strength * w[feature].detach().float()
-    if not out:
-        raise ValueError("no SAE rows: expected at least one [layer, feature_id, strength]")
-    return out
-
-
-def load_decoder(path: str, key: str = "W_dec") -> Tensor:
-    """A decoder matrix ``[n_features, d_model]`` from a safetensors file (SAE bundles store it as ``W_dec``)."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(path)
-    if key not in tensors:
-        raise ValueError(f"{path}: no tensor {key!r}; found {', '.join(sorted(tensors))}")
-    return tensors[key].float()
-
-
-@dataclass(frozen=True)
-class SaeSweep:
-    """Baseline and steered generations of one SAE feature set across scales (and the clamp)."""
-
-    baseline: list[str]
-    steered: dict[str, list[str]]
-
-
-def sae_sweep(model: Any, tokenizer: Any, prompts: Sequence[Prompt], vectors: dict[int, Tensor],
-              scales: Sequence[float], *, clamp: bool = False, max_new_tokens: int = 24) -> SaeSweep:
-    """The seed's scale sweep: generations at each scale (add, or clamp of the projection at that scale)."""
-    base = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens).texts
-    mode: Mode = "clamp" if clamp else "add"
-    steered = {f"{mode}@{s:g}": generate(model, tokenizer, prompts, vectors=vectors, coefficient=s, mode=mode,
-                                         max_new_tokens=max_new_tokens).texts for s in scales}
-    return SaeSweep(base, steered)

@@ -216,14 +216,14 @@ def tensors_of(bundle: Bundle) -> dict[str, Tensor]:
 
 
 def decoders(folder: str | Path, layers: list[int], *, layout: str = "features_first") -> dict[int, Tensor]:
-    """Validated ``W_dec`` per layer, the input quant_harness.steering.sae_feature_vectors takes for SAE steering."""
+    """Validated ``W_dec`` per layer, the input quant_harness.methods.sae_feature_vectors takes for SAE steering."""
     return {layer: load_bundle(folder, layer, layout=layout).W_dec for layer in layers}
 
 
 def feature_direction(bundle: Bundle, feature_id: int) -> Tensor:
     """The decoder row of one feature, the direction SAE steering adds (seed 001's ``[layer, feature_id, strength]``).
 
-    quant_harness.steering.sae_feature_vectors builds whole steering vectors from rows; this is for a single feature
+    quant_harness.methods.sae_feature_vectors builds whole steering vectors from rows; this is for a single feature
     of a loaded, validated bundle.
     """
     if not 0 <= feature_id < bundle.n_features:

@@ -190,7 +190,7 @@ def test_saelens_folder_layout(tmp_path: Path) -> None:
 
 def test_decoders_feed_steering_rows(tmp_path: Path) -> None:
     from quant_harness.sae.bundle import decoders
-    from quant_harness.steering import sae_feature_vectors
+    from quant_harness.methods import sae_feature_vectors
 
     save_bundle(_tensors(), tmp_path, 2)
     vecs = sae_feature_vectors(decoders(tmp_path, [2]), [[2, 5, 0.5], [2, 1, 2.0]])

@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from quant_harness import steering
 from quant_harness.errors import CellError
+from quant_harness.methods import sae_feature_vectors
 
 D = 32
 
@@ -113,8 +114,8 @@ def test_generate_and_ab_logits_on_a_tiny_model(tiny: LlamaForCausalLM) -> None:
 
 def test_sae_feature_vectors_sum_rows_per_layer() -> None:
     w = torch.randn(10, D, generator=torch.Generator().manual_seed(4))
-    out = steering.sae_feature_vectors(w, [[3, 1, 2.0], [3, 4, -1.0], [5, 0, 0.5]])
+    out = sae_feature_vectors(w, [[3, 1, 2.0], [3, 4, -1.0], [5, 0, 0.5]])
     torch.testing.assert_close(out[3], 2 * w[1] - w[4])
     torch.testing.assert_close(out[5], 0.5 * w[0])
     with pytest.raises(ValueError, match="feature 99"):
-        steering.sae_feature_vectors(w, [[1, 99, 1.0]])
+        sae_feature_vectors(w, [[1, 99, 1.0]])
