@@ -117,6 +117,8 @@ class StudyRunner:
         if position.needs_response:
             components["generation"] = generation.settings_for(self.study, trait).key()
             components["responses_from"] = generation.response_source(self.study, trait, precision)
+            if trait.judge_filter is not None:
+                components["judge_filter"] = generation.judge_filter_key(self, trait)
         namespace = f"activations/{model}/{precision}"
         memo = f"{namespace}/{key_of(components)}"
         if memo in self._entries:
@@ -128,10 +130,14 @@ class StudyRunner:
                 pos_p, neg_p, pos_r, neg_r, rollout = generation.rollout_inputs(self, model, precision, trait)
             lm = self.pool.get(model, precision)
             tag = f"{model}/{precision} {trait.key}"
-            pos = activations.extract(lm.model, lm.tokenizer, pos_p, layers, position, responses=pos_r,
-                                      batch_size=self.study.batch_size, desc=f"{tag} +")
-            neg = activations.extract(lm.model, lm.tokenizer, neg_p, layers, position, responses=neg_r,
-                                      batch_size=self.study.batch_size, desc=f"{tag} -")
+            if position.needs_response:
+                pos = activations.extract(lm.model, lm.tokenizer, pos_p, layers, position, responses=pos_r,
+                                          batch_size=self.study.batch_size, desc=f"{tag} +")
+                neg = activations.extract(lm.model, lm.tokenizer, neg_p, layers, position, responses=neg_r,
+                                          batch_size=self.study.batch_size, desc=f"{tag} -")
+            else:
+                pos, neg = activations.extract_pairs(lm.model, lm.tokenizer, pos_p, neg_p, layers, position,
+                                                     batch_size=self.study.batch_size, desc=tag)
             return {"pos": pos, "neg": neg}, {"source": lm.source, "device": lm.device, "notes": lm.notes,
                                               "skipped_records": len(contrast.skipped), "n_pos": len(pos_p),
                                               "n_neg": len(neg_p), **rollout}

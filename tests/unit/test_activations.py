@@ -54,3 +54,37 @@ def test_hooks_are_removed(tiny: tuple) -> None:
     before = [dict(block._forward_hooks) for block in decoder_layers(model)]
     extract(model, tok, _prompts(), [0, 2], parse_position("prompt[-1]"))
     assert [dict(block._forward_hooks) for block in decoder_layers(model)] == before
+
+
+def test_pairs_sharing_a_prefix_equal_hidden_states_and_half_the_work(tiny: tuple) -> None:
+    """CAA-shaped pairs (one prompt, two final letters) read through the shared-prefix KV path equal the model's
+    own hidden_states of each full sequence, in one prefix pass + one letter step per batch."""
+    from quant_harness import counters
+    from quant_harness.activations import extract_pairs
+
+    model, tok = tiny
+    questions = ["abcabc", "hello", "zz", "longerprompt", "q"]
+    pos = [Prompt((("user", q),), "a") for q in questions]
+    neg = [Prompt((("user", q),), "b") for q in questions]
+    layers = [0, 2, 3]
+    before = counters.snapshot()["forward_passes"]
+    p, n = extract_pairs(model, tok, pos, neg, layers, parse_position("prompt[-1]"), batch_size=4)
+    assert counters.snapshot()["forward_passes"] - before == 4   # 2 batches x (prefix + letters)
+    for acts, side in ((p, pos), (n, neg)):
+        for i, prompt in enumerate(side):
+            ids = tok(prompt.messages[0][1] + prompt.prefill, add_special_tokens=False, return_tensors="pt").input_ids
+            hs = model(ids, output_hidden_states=True).hidden_states
+            for j, layer in enumerate(layers[:-1]):   # the last block's hidden_states entry is final-normed
+                torch.testing.assert_close(acts[i, j], hs[layer + 1][0, -1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(p, extract(model, tok, pos, layers, parse_position("prompt[-1]")), rtol=1e-4, atol=1e-4)
+
+
+def test_pairs_of_another_shape_fall_back_to_two_extractions(tiny: tuple) -> None:
+    from quant_harness.activations import extract_pairs
+
+    model, tok = tiny
+    pos, neg = _prompts(), _prompts()[::-1]   # different prompts: no shared prefix
+    position = parse_position("prompt[-3:]")
+    p, n = extract_pairs(model, tok, pos, neg, [1, 3], position)
+    torch.testing.assert_close(p, extract(model, tok, pos, [1, 3], position))
+    torch.testing.assert_close(n, extract(model, tok, neg, [1, 3], position))
