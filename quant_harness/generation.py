@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-from quant_harness import counters, progress
+from quant_harness import counters, judges, progress
 from quant_harness.activations import encode
 from quant_harness.datasets import Prompt
 from quant_harness.errors import CellError
@@ -201,16 +202,48 @@ class RolloutInputs(NamedTuple):
     info: dict[str, Any]
 
 
-def rollout_inputs(runner: Any, model: str, precision: str, trait: Any,
-                   scores: Sequence[PairScores] | None = None) -> RolloutInputs:
-    """Prompts and responses of the kept rollout pairs at ``precision`` (or the reference's, under replay)."""
+def pair_scores(judge: Any, template: str, questions: Sequence[str], pos: Sequence[str],
+                neg: Sequence[str]) -> list[PairScores]:
+    """PV's filter scores: the trait's eval prompt and the coherence prompt on both responses of each pair."""
+    coherence = judges.load_prompt("coherence")
+
+    def score(t: str, q: str, a: str) -> float | None:
+        return judge.score(t.format(question=q, answer=a)).value  # type: ignore[no-any-return]
+
+    return [PairScores(score(template, q, p), score(template, q, n), score(coherence, q, p), score(coherence, q, n))
+            for q, p, n in zip(progress.bar(questions, desc="judging rollouts", unit="pair"), pos, neg)]
+
+
+def judge_filter_key(runner: Any, trait: Any) -> dict[str, Any] | None:
+    """What the judge filter adds to the activations' cache key: the threshold and what judges."""
+    if trait.judge_filter is None:
+        return None
+    jset = judges.settings(runner.study.extra.get("judge"), runner.study.path)
+    return {"threshold": trait.judge_filter, "judge": judges.describe(jset, runner.pool.model_dir),
+            "judge_model": jset.model}
+
+
+def rollout_inputs(runner: Any, model: str, precision: str, trait: Any) -> RolloutInputs:
+    """Prompts and responses of the kept rollout pairs at ``precision`` (or the reference's, under replay).
+
+    With the trait's ``judge_filter`` every pair is judged (answers cached by the judge) and PV's rule keeps the
+    pairs whose positive response shows the trait, whose negative does not, and which are both coherent.
+    """
     source = response_source(runner.study, trait, precision)
     contrast = runner.contrast(trait)
     r = responses(runner, model, source, trait)
-    kept = kept_pairs(r.pos, r.neg, scores)
     n = trait.n_per_question
     pos_p, neg_p = expand(contrast.pos, n), expand(contrast.neg, n)
+    scores = None
+    if trait.judge_filter is not None:
+        jset = judges.settings(runner.study.extra.get("judge"), runner.study.path)
+        judge = judges.shared(jset, Path(runner.cache.root), runner.pool.model_dir)
+        template = contrast.eval_prompt or judges.load_prompt(trait.key)
+        scores = pair_scores(judge, template, [p.messages[-1][1] for p in pos_p], r.pos, r.neg)
+    kept = kept_pairs(r.pos, r.neg, scores, threshold=trait.judge_filter if scores is not None else 50.0)
     info = {"responses_from": source, "responses_key": r.key, "n_pairs": len(r.pos), "kept_pairs": len(kept),
             "judge_filtered": scores is not None}
+    if scores is not None:
+        info["judge_filter"] = judge_filter_key(runner, trait)
     return RolloutInputs([pos_p[i] for i in kept], [neg_p[i] for i in kept], [r.pos[i] for i in kept],
                          [r.neg[i] for i in kept], info)

@@ -9,6 +9,7 @@ from an environment variable at call time and never written anywhere.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -286,6 +287,27 @@ def open_judge(s: JudgeSettings, cache_dir: Path, model_dir: Path) -> Iterator[J
         yield Judge(local, cache_dir, base_url=url, model=server.name, api_key="local")
     finally:
         server.stop()
+
+
+_SHARED: dict[tuple[str, str, str], tuple[contextlib.ExitStack, Judge]] = {}
+
+
+def shared(s: JudgeSettings, cache_dir: Path, model_dir: Path) -> Judge:
+    """One open judge per settings and cache in this process, opened on first use and closed at exit: steering
+    cells and PV's rollout filter share it, so the local server starts at most once per worker."""
+    key = (repr(s), str(cache_dir), str(model_dir))
+    if key not in _SHARED:
+        stack = contextlib.ExitStack()
+        _SHARED[key] = (stack, stack.enter_context(open_judge(s, cache_dir, model_dir)))
+    return _SHARED[key][1]
+
+
+@atexit.register
+def close_shared() -> None:
+    """Stop every judge ``shared`` opened (the local server's child process included)."""
+    for stack, _ in _SHARED.values():
+        stack.close()
+    _SHARED.clear()
 
 
 def describe(s: JudgeSettings, model_dir: Path) -> str:

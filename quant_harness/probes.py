@@ -8,12 +8,13 @@ try layers and methods in seconds once activations are cached.
 from __future__ import annotations
 
 import statistics
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from quant_harness import metrics
+from quant_harness.datasets import ContrastSet
 from quant_harness.errors import CellError
 from quant_harness.methods import METHODS
 from quant_harness.records import CellResult
@@ -33,8 +34,13 @@ class Split(NamedTuple):
     val_neg: list[int]
 
 
-def split(n_pos: int, n_neg: int, *, paired: bool, val_fraction: float, seed: int) -> Split:
-    """A seeded split; paired sets split by pair index so a pair never straddles train and validation."""
+def split(n_pos: int, n_neg: int, *, paired: bool, val_fraction: float, seed: int,
+          strata: Sequence[str] | None = None) -> Split:
+    """A seeded split; paired sets split by pair index so a pair never straddles train and validation.
+
+    ``strata`` (paired sets) labels each pair, e.g. CAA's matching answer letter: each label is split on its own, so
+    both parts hold the letters in the data's proportion and a probe cannot score by reading "A" vs "B".
+    """
     if not 0.0 < val_fraction < 1.0:
         raise CellError(f"probe_val_fraction {val_fraction}: expected a fraction strictly between 0 and 1")
     g = torch.Generator().manual_seed(seed)
@@ -48,11 +54,29 @@ def split(n_pos: int, n_neg: int, *, paired: bool, val_fraction: float, seed: in
     if paired:
         if n_pos != n_neg:
             raise CellError(f"paired split needs equal classes; got {n_pos} positive and {n_neg} negative")
-        tr, va = cut(n_pos, torch.randperm(n_pos, generator=g).tolist())
-        return Split(tr, va, tr, va)
+        if strata is None:
+            tr, va = cut(n_pos, torch.randperm(n_pos, generator=g).tolist())
+            return Split(tr, va, tr, va)
+        if len(strata) != n_pos:
+            raise CellError(f"{len(strata)} strata labels for {n_pos} pairs")
+        tr, va = [], []
+        for label in sorted(set(strata)):
+            members = [i for i, x in enumerate(strata) if x == label]
+            if len(members) < 2:
+                raise CellError(f"only {len(members)} pair labelled {label!r}: a stratified split needs at least two "
+                                f"per label, one for train and one for validation")
+            t, v = cut(len(members), [members[j] for j in torch.randperm(len(members), generator=g).tolist()])
+            tr += t
+            va += v
+        return Split(sorted(tr), sorted(va), sorted(tr), sorted(va))
     tp, vp = cut(n_pos, torch.randperm(n_pos, generator=g).tolist())
     tn, vn = cut(n_neg, torch.randperm(n_neg, generator=g).tolist())
     return Split(tp, vp, tn, vn)
+
+
+def answer_letters(contrast: ContrastSet) -> list[str]:
+    """CAA: the matching answer's letter per pair (the positive prompt is prefilled up to it, e.g. "(A")."""
+    return [p.prefill.strip("( ") for p in contrast.pos]
 
 
 def _scores(x: Tensor, direction: Tensor, normalize: bool) -> Tensor:
@@ -85,8 +109,11 @@ def probe_comparison(runner: Any, cell: Cell) -> CellResult:
         entry = runner.activations(cell.model, precision, trait)
         pos, neg = entry.tensors["pos"], entry.tensors["neg"]
         layers = list(entry.meta["components"]["layers"])
-        paired = runner.contrast(trait).paired and len(pos) == len(neg)
-        s = split(len(pos), len(neg), paired=paired, val_fraction=study.probe_val_fraction, seed=study.seed)
+        contrast = runner.contrast(trait)
+        paired = contrast.paired and len(pos) == len(neg)
+        strata = answer_letters(contrast) if paired and contrast.format == "caa" else None
+        s = split(len(pos), len(neg), paired=paired, val_fraction=study.probe_val_fraction, seed=study.seed,
+                  strata=strata)
         fixed = runner.vectors(cell.model, precision, trait, "file") if cell.method == "file" else None
         return layer_aurocs(pos, neg, s, cell.method, fixed, layers), s
 
@@ -98,6 +125,9 @@ def probe_comparison(runner: Any, cell: Cell) -> CellResult:
         "n_train": len(s.train_pos) + len(s.train_neg), "n_val": len(s.val_pos) + len(s.val_neg),
         "val_fraction": study.probe_val_fraction, "n_layers": len(layers),
     }
+    if trait.format == "caa":
+        letters = answer_letters(runner.contrast(trait))
+        figures["val_matching_letters"] = {x: sum(letters[i] == x for i in s.val_pos) for x in sorted(set(letters))}
     per_layer: dict[str, list[float]] = {"auroc": aurocs}
     flag = ""
     if cell.precision == study.reference:

@@ -7,8 +7,6 @@ generations with their judge scores are cached as JSON under ``<cache>/steering/
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +24,7 @@ from quant_harness.errors import CellError, StudyError
 from quant_harness.records import CellResult
 from quant_harness.study import Cell, Study, TraitSpec
 from quant_harness.verdicts import judge as classify
+from quant_harness.verdicts import undefined
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,12 +48,20 @@ class SteeringSettings:
     samples: int = 2
     """Responses kept per condition in each record, for review."""
     method: str = "mean_diff"
+    """Whose vectors A/B, transfer and refusal cells use; steering cells use their own cell's method."""
+    traits: tuple[str, ...] | None = None
+    """Traits that get judged steering cells (None: every CAA and PV trait)."""
+    methods: tuple[str, ...] = ("mean_diff",)
+    """Methods whose vectors get judged steering cells (e.g. add "file" to steer with external/SAE vectors)."""
+    mode: str = "add"
+    """Steering cells: ``add`` the vector x coefficient, or ``clamp`` the projection on it to coefficient x |v|
+    (the SAE seed's clamp, which keeps high scales from blowing up activations)."""
 
 
 _KEYS: dict[str, Any] = {
     "layers": list, "coefficient": (int, float), "search_steps": int, "coherence_min": (int, float),
     "questions": int, "max_new_tokens": int, "ab_coefficients": list, "ab_questions": int, "ab_dir": str,
-    "refusal_prompts": str, "samples": int, "method": str,
+    "refusal_prompts": str, "samples": int, "method": str, "mode": str, "traits": list, "methods": list,
 }
 
 
@@ -82,6 +89,18 @@ def settings(study: Study) -> SteeringSettings:
     for key in ("search_steps", "questions", "max_new_tokens", "ab_questions"):
         if key in out and out[key] < 1:
             raise StudyError(study.path, f"steering.{key}", out[key], "a positive integer")
+    known = [t.key for t in study.traits]
+    if "traits" in out:
+        if not all(t in known for t in out["traits"]):
+            raise StudyError(study.path, "steering.traits", out["traits"], f"trait keys among {', '.join(known)}")
+        out["traits"] = tuple(out["traits"])
+    if "methods" in out:
+        # probe and pca vectors are unit-norm: a coefficient means something else for them, so they do not steer
+        if not out["methods"] or not all(m in ("mean_diff", "file") for m in out["methods"]):
+            raise StudyError(study.path, "steering.methods", out["methods"], "a non-empty list of mean_diff, file")
+        out["methods"] = tuple(out["methods"])
+    if out.get("mode", "add") not in ("add", "clamp"):
+        raise StudyError(study.path, "steering.mode", out["mode"], "add or clamp")
     for key in ("coefficient", "coherence_min"):
         if key in out:
             out[key] = float(out[key])
@@ -120,26 +139,11 @@ def _vhash(v: Tensor) -> str:
     return hashlib.sha256(v.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-_OPEN: dict[int, tuple[contextlib.ExitStack, judges.Judge]] = {}
-
-
-def _close_judges() -> None:
-    for stack, _ in _OPEN.values():
-        stack.close()
-    _OPEN.clear()
-
-
-atexit.register(_close_judges)
-
-
 def _judge(runner: Any) -> judges.Judge:
-    """One judge per runner, started on first use (a warm cache never starts the local server)."""
-    if id(runner) not in _OPEN:
-        s = judges.settings(runner.study.extra.get("judge"), runner.study.path)
-        stack = contextlib.ExitStack()
-        j = stack.enter_context(judges.open_judge(s, Path(runner.cache.root), runner.pool.model_dir))
-        _OPEN[id(runner)] = (stack, j)
-    return _OPEN[id(runner)][1]
+    """The study's judge, shared by every cell of this process and started on first use (a warm cache never
+    starts the local server)."""
+    s = judges.settings(runner.study.extra.get("judge"), runner.study.path)
+    return judges.shared(s, Path(runner.cache.root), runner.pool.model_dir)
 
 
 def _test_file(study: Study, s: SteeringSettings, trait: TraitSpec) -> Path:
@@ -189,7 +193,7 @@ def _steer_search(runner: Any, cell: Cell, precision: str, vec_precision: str) -
     """Baseline, then per candidate layer a coefficient search (double while coherent, halve when not)."""
     study, s = runner.study, settings(runner.study)
     trait = study.trait(cell.trait)
-    vecs = runner.vectors(cell.model, vec_precision, trait, s.method)
+    vecs = runner.vectors(cell.model, vec_precision, trait, cell.method)
     layers = list(dict.fromkeys(_near(vecs, L) for L in s.layers))
     questions, template = _open_questions(runner, s, trait)
     prompts = [Prompt((("user", q),)) for q in questions]
@@ -207,7 +211,7 @@ def _steer_search(runner: Any, cell: Cell, precision: str, vec_precision: str) -
             c = s.coefficient
             for _ in range(s.search_steps):
                 texts = steering.generate(lm.model, lm.tokenizer, prompts, vectors={layer: vecs[layer]},
-                                          coefficient=c, max_new_tokens=s.max_new_tokens).texts
+                                          coefficient=c, mode=s.mode, max_new_tokens=s.max_new_tokens).texts
                 run = {"layer": layer, "coefficient": c, "texts": texts, **_judged(runner, template, questions, texts)}
                 runs.append(run)
                 coh = [x for x in run["coherence"] if x is not None]
@@ -244,13 +248,9 @@ def steering_delta(runner: Any, cell: Cell) -> CellResult:
     study, s = runner.study, settings(runner.study)
     ref = _best(_steer_search(runner, cell, study.reference, study.reference), s, f"{cell.model}/{study.reference}")
     quant = _best(_steer_search(runner, cell, cell.precision, cell.precision), s, f"cell {cell.id}")
-    if ref["delta"] <= 0:
-        raise CellError(f"reference {study.reference} steering delta {ref['delta']:.2f} <= 0: degradation undefined")
-    degradation = (ref["delta"] - quant["delta"]) / ref["delta"]
-    j = classify("steering_degradation", max(0.0, degradation), study.bands["steering_degradation"], study.fail_on)
     k = s.samples
     figures = {
-        "delta": quant["delta"], "delta_reference": ref["delta"], "degradation": degradation,
+        "delta": quant["delta"], "delta_reference": ref["delta"],
         "best_layer": quant["layer"], "best_coefficient": quant["coefficient"], "coherence": quant["coherence"],
         "baseline_trait": quant["baseline"], "baseline_coherence": quant["baseline_coherence"],
         "reference_best_layer": ref["layer"], "reference_best_coefficient": ref["coefficient"],
@@ -258,6 +258,17 @@ def steering_delta(runner: Any, cell: Cell) -> CellResult:
         "samples": {"baseline": quant["baseline_texts"][:k], "steered": quant["texts"][:k],
                     "reference_steered": ref["texts"][:k]},
     }
+    band = study.bands["steering_degradation"]
+    if ref["delta"] <= 0:
+        judge_name = judges.describe(judges.settings(study.extra.get("judge")), runner.pool.model_dir)
+        j = undefined("delta", quant["delta"], band, study.fail_on, study.fail_on_inconclusive,
+                      f"the reference {study.reference} is not steered by its own vector (best judged delta "
+                      f"{ref['delta']:.2f} <= 0 over a baseline of {ref['baseline']:.1f}), so there is no effect to "
+                      f"degrade; judge: {judge_name}")
+        return _record(runner, cell, "steering", j, figures, "delta", quant["delta"])
+    degradation = (ref["delta"] - quant["delta"]) / ref["delta"]
+    figures["degradation"] = degradation
+    j = classify("steering_degradation", max(0.0, degradation), band, study.fail_on)
     return _record(runner, cell, "steering", j, figures, "degradation", degradation)
 
 
@@ -331,14 +342,19 @@ def transfer(runner: Any, cell: Cell) -> CellResult:
     coefs = list(s.ab_coefficients)
     slope_own = _slope(coefs, [statistics.fmean(r) for r in own["logit_diff"]])
     slope_moved = _slope(coefs, [statistics.fmean(r) for r in moved["logit_diff"]])
-    if abs(slope_own) < 1e-6:
-        raise CellError(f"own-vector steerability {slope_own:.2e} is ~0 at layer {s.layers[0]}: transfer undefined")
-    ratio = slope_moved / slope_own
-    j = classify("steering_degradation", max(0.0, 1.0 - ratio), study.bands["steering_degradation"], study.fail_on)
-    figures = {"transfer_ratio": ratio, "steerability_own": slope_own, "steerability_reference_vectors": slope_moved,
+    figures = {"steerability_own": slope_own, "steerability_reference_vectors": slope_moved,
                "logit_corr_own_vs_reference_vectors": metrics.pearson(_flat(own["logit_diff"]),
                                                                       _flat(moved["logit_diff"])),
                "layer": int(own["layer"][0][0]), "unscored": 0}
+    band = study.bands["steering_degradation"]
+    if abs(slope_own) < 1e-6:
+        j = undefined("steerability_own", slope_own, band, study.fail_on, study.fail_on_inconclusive,
+                      f"the quantized model's own vector does not move its A/B logit difference (slope "
+                      f"{slope_own:.2e}) at layer {figures['layer']}, so a transfer ratio is undefined")
+        return _record(runner, cell, "transfer", j, figures, "steerability_own", slope_own)
+    ratio = slope_moved / slope_own
+    figures["transfer_ratio"] = ratio
+    j = classify("steering_degradation", max(0.0, 1.0 - ratio), band, study.fail_on)
     return _record(runner, cell, "transfer", j, figures, "transfer_ratio", ratio)
 
 
@@ -378,18 +394,24 @@ def refusal(runner: Any, cell: Cell) -> CellResult:
     quant = rates(cell.precision)
     ref = quant if cell.precision == study.reference else rates(study.reference)
     effect = lambda x: (x["harmful"] - x["harmful_ablated"]) + (x["harmless_actadd"] - x["harmless"])  # noqa: E731
-    if effect(ref) <= 0:
-        raise CellError(f"reference {study.reference}: ablation/addition of the refusal direction changes no refusal "
-                        f"rate (effect {effect(ref):.2f}); degradation undefined")
-    degradation = (effect(ref) - effect(quant)) / effect(ref)
-    j = classify("steering_degradation", max(0.0, degradation), study.bands["steering_degradation"], study.fail_on)
     k = s.samples
     figures = {
         "refusal_harmful": quant["harmful"], "refusal_harmful_ablated": quant["harmful_ablated"],
         "refusal_harmless": quant["harmless"], "refusal_harmless_actadd": quant["harmless_actadd"],
-        "effect": effect(quant), "effect_reference": effect(ref), "degradation": degradation, "layer": quant["layer"],
+        "effect": effect(quant), "effect_reference": effect(ref), "layer": quant["layer"],
         "unscored": 0, "samples": {name: texts[:k] for name, texts in quant["texts"].items()},
     }
+    band = study.bands["steering_degradation"]
+    if effect(ref) <= 0:
+        j = undefined("effect", effect(quant), band, study.fail_on, study.fail_on_inconclusive,
+                      f"the reference {study.reference} shows no refusal effect to degrade: it refuses "
+                      f"{ref['harmful']:.0%} of harmful prompts ({ref['harmful_ablated']:.0%} with the direction "
+                      f"ablated) and {ref['harmless_actadd']:.0%} of harmless ones with +r ({ref['harmless']:.0%} "
+                      f"without)")
+        return _record(runner, cell, "refusal", j, figures, "effect", effect(quant))
+    degradation = (effect(ref) - effect(quant)) / effect(ref)
+    figures["degradation"] = degradation
+    j = classify("steering_degradation", max(0.0, degradation), band, study.fail_on)
     return _record(runner, cell, "refusal", j, figures, "degradation", degradation)
 
 
@@ -399,7 +421,8 @@ def _record(runner: Any, cell: Cell, kind: str, j: Any, figures: dict[str, Any],
     trait = study.trait(cell.trait)
     prov = runner._provenance(cell, trait)
     jset = judges.settings(study.extra.get("judge"), study.path)
-    prov.update(steering=asdict(settings(study)), vector_method=settings(study).method,
+    prov.update(steering=asdict(settings(study)),
+                vector_method=cell.method if kind == "steering" else settings(study).method,
                 steer_positions="CAA/PV: last instruction token and every generated token; refusal: ablation at all "
                                 "layers (block 0 input, attention and MLP outputs), addition at all positions")
     if kind == "steering":

@@ -28,7 +28,7 @@ _STUDY_KEYS = {
 _TRAIT_KEYS = {
     "methodology": str, "name": str, "dataset": str, "format": str, "position": str, "layers": (str, list),
     "methods": list, "limit": int, "max_new_tokens": int, "n_per_question": int, "temperature": (int, float),
-    "replay": bool, "vectors": str, "sae_features": list,
+    "replay": bool, "vectors": str, "sae_features": list, "judge_filter": (int, float),
 }
 
 
@@ -58,6 +58,8 @@ class TraitSpec:
     """Method ``file``: a safetensors/pt file of per-layer vectors, or an SAE decoder (``W_dec``)."""
     sae_features: tuple[tuple[float, ...], ...] = ()
     """Method ``file`` over an SAE decoder: rows ``[layer, feature_id, strength]``."""
+    judge_filter: float | None = None
+    """PV: keep only rollout pairs the study's judge passes at this 0-100 threshold (PV's rule); None = keep all."""
 
     @property
     def key(self) -> str:
@@ -136,6 +138,8 @@ class Study:
                     if shape.methodologies and trait.methodology not in shape.methodologies:
                         continue
                     methods = [m for m in trait.methods if m in shape.methods] if shape.methods else [""]
+                    if shape.select is not None:
+                        methods = [m for m in methods if shape.select(self, trait, m)]
                     out += [Cell(kind, model, precision, trait.key, m) for m in methods]
         return out
 
@@ -152,13 +156,16 @@ class CellKind:
     """Only traits of these methodologies (empty = all)."""
     per_model: Callable[[Study, str], list[str]] | None = None
     """Model-level kinds (benchmarks): the id parts after model-precision, instead of traits."""
+    select: Callable[[Study, TraitSpec, str], bool] | None = None
+    """A study-level choice of (trait, method) pairs, e.g. the ``[steering]`` table's ``traits`` and ``methods``."""
 
 
 #: Every kind of cell. Other modules add theirs here (one entry each), next to the case module that uses it.
 CELL_KINDS: dict[str, CellKind] = {
     "vectors": CellKind(reference=False, methods=("mean_diff", "probe", "pca")),
     "probes": CellKind(reference=True, methods=("mean_diff", "probe", "pca", "file")),
-    "steering": CellKind(reference=False, methods=("mean_diff",), methodologies=("caa", "pv")),
+    "steering": CellKind(reference=False, methods=("mean_diff", "file"), methodologies=("caa", "pv"),
+                         select=lambda s, trait, method: _steering_selects(s, trait, method)),
     "logit_diff": CellKind(reference=False, methods=("mean_diff",), methodologies=("caa",)),
     "transfer": CellKind(reference=False, methods=("mean_diff",), methodologies=("caa",)),
     "refusal": CellKind(reference=True, per_model=lambda s, _model: (
@@ -166,6 +173,16 @@ CELL_KINDS: dict[str, CellKind] = {
     "benchmarks": CellKind(reference=True, per_model=lambda s, model: _benchmark_cells(s, model)),
     "sae": CellKind(reference=False, per_model=lambda s, model: _sae_cells(s, model)),
 }
+
+
+def _steering_selects(study: Study, trait: TraitSpec, method: str) -> bool:
+    """Judged steering is the costly kind: ``[steering] traits`` (default: all) and ``methods`` (default mean_diff)
+    say which vectors get cells (quant_harness.steering_cells validates the table)."""
+    table = study.extra.get("steering")
+    table = table if isinstance(table, dict) else {}
+    traits, methods = table.get("traits"), table.get("methods", ["mean_diff"])
+    return (not isinstance(traits, list) or trait.key in traits) and (not isinstance(methods, list)
+                                                                       or method in methods)
 
 
 def _sae_cells(study: Study, model: str) -> list[str]:

@@ -30,8 +30,12 @@ def trait_options(path: Path, where: str, t: dict[str, Any], methods: list[str],
         raise StudyError(path, f"{where}.temperature", 0, "> 0 when n_per_question > 1 (greedy repeats are identical)")
     if "replay" in t:
         out["replay"] = t["replay"]
+    if "judge_filter" in t:
+        if not 0.0 <= float(t["judge_filter"]) <= 100.0:
+            raise StudyError(path, f"{where}.judge_filter", t["judge_filter"], "a judge score threshold in 0..100")
+        out["judge_filter"] = float(t["judge_filter"])
     if t.get("methodology") != "pv":
-        for key in ("max_new_tokens", "n_per_question", "temperature", "replay"):
+        for key in ("max_new_tokens", "n_per_question", "temperature", "replay", "judge_filter"):
             if key in t:
                 raise StudyError(path, f"{where}.{key}", t[key], "no value: rollout settings apply to pv traits only")
     if "vectors" in t:

@@ -34,6 +34,21 @@ def test_unpaired_split_splits_each_class() -> None:
     assert len(s.val_pos) == 4 and len(s.val_neg) == 8 and len(s.train_neg) == 22
 
 
+def test_a_stratified_split_keeps_each_answer_letter_in_proportion() -> None:
+    letters = ["A"] * 12 + ["B"] * 4   # an unbalanced CAA set: a plain split could validate on A only
+    s = split(16, 16, paired=True, val_fraction=0.25, seed=3, strata=letters)
+    assert sorted(s.train_pos + s.val_pos) == list(range(16)) and s.val_pos == s.val_neg
+    assert [letters[i] for i in s.val_pos].count("A") == 3 and [letters[i] for i in s.val_pos].count("B") == 1
+    for seed in range(20):   # every seed validates on both letters
+        v = split(16, 16, paired=True, val_fraction=0.25, seed=seed, strata=letters).val_pos
+        assert {letters[i] for i in v} == {"A", "B"}
+
+
+def test_a_stratum_too_small_to_split_is_an_error_naming_it() -> None:
+    with pytest.raises(CellError, match="'B'"):
+        split(6, 6, paired=True, val_fraction=0.25, seed=0, strata=["A"] * 5 + ["B"])
+
+
 @pytest.mark.parametrize(("n", "fraction"), [(1, 0.25), (10, 0.0), (10, 1.0)])
 def test_an_empty_split_is_an_error(n: int, fraction: float) -> None:
     with pytest.raises(CellError):
