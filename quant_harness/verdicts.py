@@ -82,6 +82,8 @@ class Judgement:
     """Confidence interval of ``value`` when the verdict was assigned from one (quant_harness.confidence)."""
     level: float = 0.95
     fail_on_inconclusive: bool = False
+    reason: str = ""
+    """Why no band was assigned (``inconclusive``), e.g. the reference shows no effect to degrade."""
 
     @property
     def allowed(self) -> bool:
@@ -91,6 +93,8 @@ class Judgement:
         limit = "never fails" if self.fail_on is None else f"fail_on={self.fail_on.label}"
         if self.verdict is Verdict.INCONCLUSIVE:
             limit += ", inconclusive fails" if self.fail_on_inconclusive else ", inconclusive passes"
+        if self.reason:
+            return f"{self.metric} {self.value:.4f}: {self.verdict.label.upper()} ({self.reason}; {limit})"
         ci = "" if self.interval is None else \
             f" ({self.level:.0%} CI {self.interval[0]:.4f}..{self.interval[1]:.4f})"
         return f"{self.metric} {self.value:.4f}{ci}: {self.verdict.label.upper()} ({self.band.describe()}; {limit})"
@@ -99,6 +103,16 @@ class Judgement:
 def judge(metric: str, value: float, band: Band, fail_on: Verdict | None) -> Judgement:
     """Classify ``value`` against ``band`` and keep everything a report needs to explain it."""
     return Judgement(metric, float(value), band.classify(value, what=metric), band, fail_on)
+
+
+def undefined(metric: str, value: float, band: Band, fail_on: Verdict | None, fail_on_inconclusive: bool,
+              reason: str) -> Judgement:
+    """INCONCLUSIVE when the comparison has nothing to stand on (the reference shows no effect): the cell keeps its
+    figures and the reason instead of an error, and ``fail_on_inconclusive`` decides whether that fails."""
+    if math.isnan(value):
+        raise CellError(f"{metric} is NaN; refusing to score it")
+    return Judgement(metric, float(value), Verdict.INCONCLUSIVE, band, fail_on,
+                     fail_on_inconclusive=fail_on_inconclusive, reason=reason)
 
 
 def _allowed(verdict: Verdict, fail_on: Verdict | None, fail_on_inconclusive: bool) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quant_harness.errors import CellError
-from quant_harness.verdicts import Band, Verdict, is_allowed, judge
+from quant_harness.verdicts import DEFAULT_BANDS, Band, Verdict, is_allowed, judge
 
 
 @pytest.mark.parametrize(("value", "verdict"), [(0.99, Verdict.ROBUST), (0.95, Verdict.DEGRADED),
@@ -31,3 +31,15 @@ def test_fail_on() -> None:
     assert judge("cosine", 0.9, Band(0.95, 0.8), Verdict.BROKEN).allowed
     assert not judge("cosine", 0.9, Band(0.95, 0.8), Verdict.DEGRADED).allowed
     assert is_allowed("broken", None) and not is_allowed("broken", Verdict.BROKEN)
+
+
+def test_an_undefined_comparison_is_inconclusive_with_its_reason_and_never_a_nan() -> None:
+    from quant_harness.verdicts import undefined
+
+    band = DEFAULT_BANDS["steering_degradation"]
+    j = undefined("effect", 0.0, band, Verdict.BROKEN, False, "the reference never refuses")
+    assert j.verdict is Verdict.INCONCLUSIVE and j.allowed
+    assert j.explain() == "effect 0.0000: INCONCLUSIVE (the reference never refuses; fail_on=broken, inconclusive passes)"
+    assert not undefined("effect", 0.0, band, Verdict.BROKEN, True, "x").allowed
+    with pytest.raises(CellError, match="NaN"):
+        undefined("effect", float("nan"), band, Verdict.BROKEN, False, "x")
