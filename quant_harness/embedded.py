@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -54,9 +55,15 @@ def materialize(package: str, model_dir: Path) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(target)
+        save_checkpoint(model, tok, target)
     return target
+
+
+def save_checkpoint(model: Any, tokenizer: Any, target: Path) -> None:
+    """Write a checkpoint into the model store atomically (temp folder, then rename), so an interrupted write never
+    leaves a folder that looks complete; callers hold the target's file lock."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)

@@ -11,7 +11,6 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from quant_harness.embedded import materialize, save_checkpoint
 from quant_harness.errors import PrecisionUnavailable
 
 PRECISIONS = ("fp32", "fp16", "bf16", "nf4", "int8", "gptq")
@@ -165,8 +165,6 @@ def weights_source(card: Any, model_dir: Path) -> str:
     if card.path:
         return str(card.path)
     if card.embedded:
-        from quant_harness.embedded import materialize
-
         return str(materialize(card.embedded, model_dir))
     return str(card.hub_id)
 
@@ -192,11 +190,7 @@ def quantize_gptq(card: Any, source: str, model_dir: Path, calibration: list[str
         model = AutoModelForCausalLM.from_pretrained(source, quantization_config=config,
                                                      device_map=_device_map(card.gpus),
                                                      dtype=_compute_dtype(card.native_dtype))
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        tmp.rename(target)
+        save_checkpoint(model, tok, target)
         del model
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
