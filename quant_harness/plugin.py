@@ -17,7 +17,7 @@ from quant_harness import counters, progress
 from quant_harness.errors import CellError, DatasetError, PrecisionUnavailable, StudyError
 from quant_harness.records import CellResult
 from quant_harness import scale
-from quant_harness.scheduling import gpu_slots_arg, group_of_nodeid, parse_shard
+from quant_harness.scheduling import gpu_slots_arg, parse_shard
 from quant_harness.study import Cell, Study
 from quant_harness.verdicts import is_allowed
 

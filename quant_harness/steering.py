@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from quant_harness import counters
-from quant_harness.activations import decoder_layers, encode, render
+from quant_harness.activations import decoder_layers, encode
 from quant_harness.datasets import Prompt
 from quant_harness.errors import CellError
 
