@@ -329,28 +329,40 @@ def logit_diff(runner: Any, cell: Cell) -> CellResult:
     return _record(runner, cell, "logit_diff", j, figures, "logit_corr", corr)
 
 
+def steerability(coefficients: Sequence[float], logit_diff: list[list[float]]) -> tuple[float, float]:
+    """The A/B steerability slope (logit difference per unit coefficient, averaged over questions) and its standard
+    error across questions; ``logit_diff[c][q]`` is question q at coefficient c."""
+    per_question = [_slope(coefficients, [row[q] for row in logit_diff]) for q in range(len(logit_diff[0]))]
+    if len(per_question) < 2:
+        raise CellError(f"{len(per_question)} A/B question: a steerability's standard error needs at least two")
+    return statistics.fmean(per_question), statistics.stdev(per_question) / len(per_question) ** 0.5
+
+
 def transfer(runner: Any, cell: Cell) -> CellResult:
     """The reference's vectors on the quantized model vs the quantized model's own vectors (A/B steerability).
 
     The ratio of the two slopes keeps its sign, so it is meaningful even where a small model's vector steers the
-    wrong way; a ratio of 1 is perfect transfer, and the verdict is on ``max(0, 1 - ratio)``.
+    wrong way; a ratio of 1 is perfect transfer, and the verdict is on ``max(0, 1 - ratio)``. Where the own vector's
+    slope is within two standard errors of 0 the ratio would divide by noise: the cell is inconclusive.
     """
     study = runner.study
     s = settings(study)
     own = _ab_sweep(runner, cell, cell.precision, cell.precision)
     moved = _ab_sweep(runner, cell, cell.precision, study.reference)
     coefs = list(s.ab_coefficients)
-    slope_own = _slope(coefs, [statistics.fmean(r) for r in own["logit_diff"]])
-    slope_moved = _slope(coefs, [statistics.fmean(r) for r in moved["logit_diff"]])
-    figures = {"steerability_own": slope_own, "steerability_reference_vectors": slope_moved,
+    slope_own, se_own = steerability(coefs, own["logit_diff"])
+    slope_moved, se_moved = steerability(coefs, moved["logit_diff"])
+    figures = {"steerability_own": slope_own, "steerability_own_se": se_own,
+               "steerability_reference_vectors": slope_moved, "steerability_reference_vectors_se": se_moved,
                "logit_corr_own_vs_reference_vectors": metrics.pearson(_flat(own["logit_diff"]),
                                                                       _flat(moved["logit_diff"])),
                "layer": int(own["layer"][0][0]), "unscored": 0}
     band = study.bands["steering_degradation"]
-    if abs(slope_own) < 1e-6:
+    if abs(slope_own) <= 2 * se_own:
         j = undefined("steerability_own", slope_own, band, study.fail_on, study.fail_on_inconclusive,
-                      f"the quantized model's own vector does not move its A/B logit difference (slope "
-                      f"{slope_own:.2e}) at layer {figures['layer']}, so a transfer ratio is undefined")
+                      f"the quantized model's own vector does not move its A/B logit difference distinguishably from "
+                      f"0 (slope {slope_own:.3g} +/- {se_own:.2g} per unit coefficient at layer {figures['layer']}), "
+                      f"so a transfer ratio would divide by noise")
         return _record(runner, cell, "transfer", j, figures, "steerability_own", slope_own)
     ratio = slope_moved / slope_own
     figures["transfer_ratio"] = ratio

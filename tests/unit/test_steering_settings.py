@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 from quant_harness.errors import StudyError
@@ -57,3 +58,13 @@ def test_traits_and_methods_choose_the_steering_cells(make_study: Callable[..., 
     assert settings(chosen).traits == ("caa_sycophancy",)
     with pytest.raises(StudyError, match="steering.traits"):
         settings(load(make_study(traits=trait, extra='[steering]\ntraits = ["pv_evil"]\n')))
+
+
+def test_steerability_is_the_mean_per_question_slope_with_its_standard_error() -> None:
+    from quant_harness.steering_cells import steerability
+
+    coefs = [-2.0, 0.0, 2.0]
+    rows = [[-1.0, 0.0, 3.0], [0.0, 0.5, 3.0], [1.0, 1.0, 3.0]]   # coefficient-major: questions slope 0.5, 0.25, 0
+    slope, se = steerability(coefs, rows)
+    per_q = np.polyfit(coefs, np.array(rows), 1)[0]   # numpy's least-squares slope per question
+    assert slope == pytest.approx(per_q.mean()) and se == pytest.approx(per_q.std(ddof=1) / np.sqrt(3))
