@@ -17,7 +17,7 @@ from quant_harness import counters, progress
 from quant_harness.errors import CellError, DatasetError, PrecisionUnavailable, StudyError
 from quant_harness.records import CellResult
 from quant_harness import scale
-from quant_harness.scheduling import gpu_slots_arg, parse_shard
+from quant_harness.scheduling import by_group, gpu_slots_arg, parse_shard
 from quant_harness.study import Cell, Study
 from quant_harness.verdicts import is_allowed
 
@@ -279,7 +279,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """--quant-shard I/N: keep this shard's model x precision groups."""
+    """Run each model x precision group's cells together (one load per group per process); --quant-shard I/N: keep
+    this shard's groups."""
+    groups = [m.args[0] if (m := item.get_closest_marker("xdist_group")) and "cell" in getattr(item, "fixturenames", ())
+              else None for item in items]
+    items[:] = [items[i] for i in by_group(groups)]
     scale.select_shard(config, items)
 
 

@@ -37,6 +37,16 @@ def group_of_nodeid(nodeid: str) -> str | None:
     return group_of_id(m.group(1)) if m else None
 
 
+def by_group(groups: Sequence[str | None]) -> list[int]:
+    """Indices that put equal groups together, groups in order of first appearance and members in their own order:
+    one process then loads each model x precision once, not once per test module (None: not a cell, kept as a group
+    of its own)."""
+    first: dict[str | None, int] = {}
+    for g in groups:
+        first.setdefault(g, len(first))
+    return sorted(range(len(groups)), key=lambda i: first[groups[i]])
+
+
 def split_group(group: str) -> tuple[str, str]:
     """``llama-70b-nf4`` -> ``("llama-70b", "nf4")``."""
     model, _, precision = group.rpartition("-")

@@ -178,3 +178,8 @@ def test_reference_groups_start_before_quantized_ones(pytester: pytest.Pytester)
     nodes = [_Node("gw0", None), _Node("gw1", None)]
     ran = _run(sched, nodes, ids)
     assert nodes[0].sent[:2] == [2, 3] and ran == {"m-bf16": {"gw0"}, "m-nf4": {"gw1"}}
+
+
+def test_by_group_keeps_each_groups_cells_together_in_their_own_order() -> None:
+    groups = ["m-fp32", "m-nf4", "m-int8", "m-fp32", "m-nf4", "m-int8", None, "m-nf4"]
+    assert scheduling.by_group(groups) == [0, 3, 1, 4, 7, 2, 5, 6]
