@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import time
+from pathlib import Path
 from typing import Any
 
 from quant_harness import plots
@@ -123,9 +124,11 @@ def cell_block(record: dict[str, Any], plot_list: list[plots.Plot] | None = None
     return "".join(out)
 
 
-def extras(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """pytest-html extras for a cell (the dict ``pytest_html.extras.html`` builds, made here without importing it)."""
-    return [{"name": "quant_harness", "format_type": "html", "content": cell_block(record),
+def extras(record: dict[str, Any], cache_dir: Path | None = None) -> list[dict[str, Any]]:
+    """pytest-html extras for a cell (the dict ``pytest_html.extras.html`` builds, made here without importing it);
+    with ``cache_dir`` the plots are read from (or drawn into) its plot cache."""
+    plot_list = plots.cell_plots_cached(record, cache_dir) if cache_dir is not None else None
+    return [{"name": "quant_harness", "format_type": "html", "content": cell_block(record, plot_list),
              "mime_type": None, "extension": None}]
 
 

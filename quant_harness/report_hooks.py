@@ -59,8 +59,9 @@ class ReportHooks:
         if not self.config.getoption("htmlpath", None):
             return []
         from quant_harness import html_report
+        from quant_harness.plugin import cache_dir
 
-        return html_report.extras(record)
+        return html_report.extras(record, cache_dir(self.config))
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 from typing import Any
 
 from quant_harness import findings, html_report, plots, ranking, reporting
@@ -99,3 +101,18 @@ def test_summary_table_colours_each_cell_by_verdict() -> None:
     assert html_report.COLOURS["inconclusive"] in table and "0.8000 [0.780, 0.820]" in table
     block = html_report.cell_block(r)
     assert "Hi &lt;b&gt;" in block and "coefficient=4.0000" in block and "data:image/png;base64," in block
+
+
+def test_cell_plots_are_drawn_once_and_read_back_from_the_plot_cache(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from quant_harness import plots
+
+    record = {"cell_id": "m-nf4-caa_x-mean_diff", "kind": "vectors", "layers": [0, 1, 2],
+              "per_layer": {"cosine": [0.9, 0.95, 0.97], "cosine_reference": [1.0, 1.0, 1.0]}, "figures": {}}
+    first = plots.cell_plots_cached(record, tmp_path)
+    assert first == plots.cell_plots(record) and len(first) == 1
+    monkeypatch.setattr(plots, "cell_plots", lambda r: pytest.fail("drawn again despite the cache"))
+    assert plots.cell_plots_cached(record, tmp_path) == first
+    changed = {**record, "per_layer": {"cosine": [0.5, 0.6, 0.7]}}
+    monkeypatch.undo()
+    assert plots.cell_plots_cached(changed, tmp_path) != first
