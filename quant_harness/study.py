@@ -181,6 +181,9 @@ def _steering_selects(study: Study, trait: TraitSpec, method: str) -> bool:
     table = study.extra.get("steering")
     table = table if isinstance(table, dict) else {}
     traits, methods = table.get("traits"), table.get("methods", ["mean_diff"])
+    known = [t.key for t in study.traits]
+    if isinstance(traits, list) and not set(traits) <= set(known):
+        raise StudyError(study.path, "steering.traits", traits, f"trait keys among {', '.join(known)}")
     return (not isinstance(traits, list) or trait.key in traits) and (not isinstance(methods, list)
                                                                        or method in methods)
 

@@ -56,8 +56,11 @@ def test_traits_and_methods_choose_the_steering_cells(make_study: Callable[..., 
     assert [c.id for c in chosen.cells("steering")] == [
         "smollm2-135m-nf4-caa_sycophancy-mean_diff", "smollm2-135m-nf4-caa_sycophancy-file"]
     assert settings(chosen).traits == ("caa_sycophancy",)
+    typo = load(make_study(traits=trait, extra='[steering]\ntraits = ["pv_evil"]\n'))
     with pytest.raises(StudyError, match="steering.traits"):
-        settings(load(make_study(traits=trait, extra='[steering]\ntraits = ["pv_evil"]\n')))
+        settings(typo)
+    with pytest.raises(StudyError, match="steering.traits"):   # a typo never silently leaves the grid empty
+        typo.cells("steering")
 
 
 def test_steerability_is_the_mean_per_question_slope_with_its_standard_error() -> None:
