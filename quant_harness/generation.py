@@ -176,7 +176,7 @@ def responses(runner: Any, model: str, precision: str, trait: Any) -> Rollouts:
     settings = settings_for(study, trait)
     card = study.cards[model]
     components = {"model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
-                  "precision_settings": runner._precision_settings(model, precision),
+                  "precision_settings": runner.precision_settings(model, precision),
                   "dataset": contrast.content_hash(), "generation": settings.key()}
 
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:

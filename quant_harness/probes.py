@@ -146,4 +146,4 @@ def probe_comparison(runner: Any, cell: Cell) -> CellResult:
     j = judge("auroc_best", aurocs[best], study.bands["auroc"], study.fail_on)
     return CellResult(cell_id=cell.id, kind="probes", verdict=j.verdict.label, metric="auroc_best",
                       value=aurocs[best], figures=figures, per_layer=per_layer, layers=layers,
-                      explanation=j.explain() + flag, provenance=runner._provenance(cell, trait))
+                      explanation=j.explain() + flag, provenance=runner.provenance(cell, trait))

@@ -88,7 +88,8 @@ class StudyRunner:
             self._contrast[trait.key] = datasets.load(trait.format, trait.dataset, trait.limit)
         return self._contrast[trait.key]
 
-    def _precision_settings(self, model: str, precision: str) -> dict[str, Any]:
+    def precision_settings(self, model: str, precision: str) -> dict[str, Any]:
+        """The quantization settings of a precision, as every cache key and record states them."""
         card = self.study.cards[model]
         if precision == "nf4":
             return {"compute_dtype": self.study.nf4_compute_dtype, "double_quant": True}
@@ -109,7 +110,7 @@ class StudyRunner:
         v = versions()
         components = {
             "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
-            "precision_settings": self._precision_settings(model, precision), "dataset": contrast.content_hash(),
+            "precision_settings": self.precision_settings(model, precision), "dataset": contrast.content_hash(),
             "format": trait.format, "position": trait.position, "layers": layers,
             "layer_convention": activations.LAYER_CONVENTION,
             "versions": {k: v[k] for k in ("torch", "transformers", "bitsandbytes", "gptqmodel")},
@@ -186,9 +187,10 @@ class StudyRunner:
         return CellResult(
             cell_id=cell.id, kind="vectors", verdict=j.verdict.label, metric="cosine_mean", value=mean_cos,
             figures=figures, per_layer=per_layer, layers=layers, explanation=j.explain(),
-            provenance=self._provenance(cell, trait))
+            provenance=self.provenance(cell, trait))
 
-    def _provenance(self, cell: Cell, trait: TraitSpec) -> dict[str, Any]:
+    def provenance(self, cell: Cell, trait: TraitSpec) -> dict[str, Any]:
+        """Where a trait cell's figures come from (records.provenance plus the study's dataset and extraction)."""
         card = self.study.cards[cell.model]
         contrast = self.contrast(trait)
         notes = [EMBEDDED_NOTE] if card.embedded else []
@@ -198,10 +200,9 @@ class StudyRunner:
             dataset=str(trait.dataset), dataset_hash=contrast.content_hash(), n_pos=len(contrast.pos),
             n_neg=len(contrast.neg), skipped_records=len(contrast.skipped), skipped=list(contrast.skipped),
             extraction=self.extraction_info(cell.model, cell.precision, trait),
-            precision_settings=self._precision_settings(cell.model, cell.precision), notes=notes,
+            precision_settings=self.precision_settings(cell.model, cell.precision), notes=notes,
             model=cell.model, precision=cell.precision, model_card={
                 "family": card.family, "params_b": card.params_b, "massive_dims_ratio": card.massive_dims_ratio})
-
 
     def extraction_info(self, model: str, precision: str, trait: TraitSpec) -> dict[str, Any]:
         """What the cell's activations were built from (counts, kept rollout pairs), per precision read so far."""

@@ -431,7 +431,7 @@ def _record(runner: Any, cell: Cell, kind: str, j: Any, figures: dict[str, Any],
             value: float) -> CellResult:
     study = runner.study
     trait = study.trait(cell.trait)
-    prov = runner._provenance(cell, trait)
+    prov = runner.provenance(cell, trait)
     jset = judges.settings(study.extra.get("judge"), study.path)
     prov.update(steering=asdict(settings(study)),
                 vector_method=cell.method if kind == "steering" else settings(study).method,

@@ -107,7 +107,7 @@ def residuals(runner: Any, model: str, precision: str, split: str) -> tuple[Tens
     v = versions()
     components = {
         "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
-        "precision_settings": runner._precision_settings(model, precision), "texts": _hash(texts),
+        "precision_settings": runner.precision_settings(model, precision), "texts": _hash(texts),
         "layers": layers, "tokens": f"raw text, first {SKIP_FIRST} dropped",
         "layer_convention": activations.LAYER_CONVENTION,
         "versions": {k: v[k] for k in ("torch", "transformers", "bitsandbytes", "gptqmodel")},
@@ -132,7 +132,7 @@ def dictionary(runner: Any, model: str, d: Dictionary, layer: int) -> tuple[Bund
     ref = runner.study.reference
     acts, _, layers = residuals(runner, model, ref, "train")
     key = _hash({"model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": ref,
-                 "precision_settings": runner._precision_settings(model, ref), "layer": layer,
+                 "precision_settings": runner.precision_settings(model, ref), "layer": layer,
                  "texts": _hash(load_texts(sae_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
                  "train": d.train.as_dict(), "torch": versions()["torch"]})
     folder = Path(runner.cache.root) / "sae" / "dictionaries" / model / f"{d.name}-L{layer}-{key}"
@@ -242,7 +242,7 @@ def sae_comparison(runner: Any, cell: Cell) -> CellResult:
     card = study.cards[cell.model]
     prov = provenance(study.path.parent, study=study.name, reference=study.reference, model=cell.model,
                       precision=cell.precision, layer_convention=activations.LAYER_CONVENTION_TEXT,
-                      precision_settings=runner._precision_settings(cell.model, cell.precision),
+                      precision_settings=runner.precision_settings(cell.model, cell.precision),
                       dictionary={"name": d.name, "bundle": str(bundle.path), "activation": bundle.activation,
                                   "training": report}, texts=str(s.texts),
                       tokens=f"eval texts, raw (no chat template), first {SKIP_FIRST} token(s) dropped",
