@@ -197,7 +197,7 @@ def _sae_cells(study: Study, model: str) -> list[str]:
 
 def _benchmark_cells(study: Study, model: str) -> list[str]:
     """The [benchmarks] tasks of the study (quant_harness.benchmarks owns and validates that table)."""
-    from quant_harness.benchmarks import cell_names
+    from quant_harness.benchmark_settings import cell_names
 
     return cell_names(study, model)
 

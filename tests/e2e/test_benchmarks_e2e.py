@@ -18,7 +18,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from quant_harness import benchmarks, counters, steering
+from quant_harness import benchmark_settings, benchmarks, counters, steering
 from quant_harness import plots  # noqa: F401  keeps matplotlib in sys.modules across in-process pytester runs
 from quant_harness.cards import load_card
 from quant_harness.precision import LoadedModel, load
@@ -45,9 +45,9 @@ def fp32(model_dir: Path) -> LoadedModel:
     return load(load_card("smollm2-135m", REPO / "fixtures" / "model_cards"), "fp32", model_dir=model_dir)
 
 
-def _settings(task: str, limit: int) -> benchmarks.Settings:
-    return benchmarks.Settings((task,), DATA, (benchmarks.TASKS_DIR,), False, 0, 4, 1000,
-                               {task: benchmarks.TaskOptions(limit, 0, None, "")}, None)
+def _settings(task: str, limit: int) -> benchmark_settings.Settings:
+    return benchmark_settings.Settings((task,), DATA, (benchmark_settings.TASKS_DIR,), False, 0, 4, 1000,
+                               {task: benchmark_settings.TaskOptions(limit, 0, None, "")}, None)
 
 
 def _run(lm: LoadedModel, task: str, limit: int) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness import benchmarks, scheduling, study
+from quant_harness import benchmark_settings, benchmarks, scheduling, study
 from quant_harness.errors import StudyError
 from quant_harness.verdicts import DEFAULT_BANDS, Verdict
 
@@ -32,7 +32,7 @@ def test_benchmarks_study_names_hellaswag_mmlu_truthfulqa() -> None:
     s = study.load(REPO / "cases/studies/benchmarks.toml")
     ids = [c.id for c in s.cells("benchmarks")]
     assert "smollm2-135m-gptq-hellaswag" in ids and "smollm2-135m-int8-mmlu" in ids
-    opts = benchmarks.settings(s).options
+    opts = benchmark_settings.settings(s).options
     assert opts["qh_hellaswag"].samples >= 500 and opts["qh_mmlu"].limit >= 5 and opts["qh_hellaswag"].limit == 0
 
 
@@ -60,11 +60,11 @@ def test_steered_cells_follow_the_plain_ones(tmp_path: Path) -> None:
                           'tasks = ["qh_sanity"]', trait))
     ids = [c.id for c in s.cells("benchmarks") if c.precision == "nf4"]
     assert ids == ["smollm2-135m-nf4-sanity", "smollm2-135m-nf4-hellaswag", "smollm2-135m-nf4-sanity_steered"]
-    assert benchmarks.settings(s).task_of("sanity_steered") == ("qh_sanity", True)
+    assert benchmark_settings.settings(s).task_of("sanity_steered") == ("qh_sanity", True)
 
 
 def test_shipped_task_yamls_all_load() -> None:
-    files = benchmarks.validate_tasks(benchmarks.TASKS_DIR)
+    files = benchmarks.validate_tasks(benchmark_settings.TASKS_DIR)
     names = {f.name for f in files}
     assert {"qh_sanity.yaml", "qh_hellaswag.yaml", "qh_truthfulqa_mc2.yaml", "qh_mmlu_anatomy.yaml"} <= names
     assert sum(n.startswith("qh_mmlu_") for n in names) == 57
