@@ -283,7 +283,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     this shard's groups."""
     groups = [m.args[0] if (m := item.get_closest_marker("xdist_group")) and "cell" in getattr(item, "fixturenames", ())
               else None for item in items]
-    items[:] = [items[i] for i in by_group(groups)]
+    study = config.stash[STUDY]
+    lead = [f"{model}-{study.reference}" for model in sorted(study.cards)] if study is not None else []
+    items[:] = [items[i] for i in by_group(groups, lead)]
     scale.select_shard(config, items)
 
 

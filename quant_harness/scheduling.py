@@ -37,11 +37,11 @@ def group_of_nodeid(nodeid: str) -> str | None:
     return group_of_id(m.group(1)) if m else None
 
 
-def by_group(groups: Sequence[str | None]) -> list[int]:
-    """Indices that put equal groups together, groups in order of first appearance and members in their own order:
-    one process then loads each model x precision once, not once per test module (None: not a cell, kept as a group
-    of its own)."""
-    first: dict[str | None, int] = {}
+def by_group(groups: Sequence[str | None], lead: Sequence[str] = ()) -> list[int]:
+    """Indices that put equal groups together: the ``lead`` groups first (the reference precision's, which every
+    comparison reads), then the others in order of first appearance, members in their own order. One process then
+    loads each model x precision once, not once per test module (None: not a cell, kept as a group of its own)."""
+    first: dict[str | None, int] = {g: i for i, g in enumerate(lead)}
     for g in groups:
         first.setdefault(g, len(first))
     return sorted(range(len(groups)), key=lambda i: first[groups[i]])

@@ -183,3 +183,5 @@ def test_reference_groups_start_before_quantized_ones(pytester: pytest.Pytester)
 def test_by_group_keeps_each_groups_cells_together_in_their_own_order() -> None:
     groups = ["m-fp32", "m-nf4", "m-int8", "m-fp32", "m-nf4", "m-int8", None, "m-nf4"]
     assert scheduling.by_group(groups) == [0, 3, 1, 4, 7, 2, 5, 6]
+    # the reference group leads even where a comparison kind (no reference cells) collects first
+    assert scheduling.by_group(["m-int8", "m-nf4", "m-fp32", "m-int8"], lead=["m-fp32"]) == [2, 0, 3, 1]
