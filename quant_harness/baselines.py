@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from quant_harness import files
 from quant_harness.errors import StudyError
 
 VERSION_KEYS = ("torch", "transformers", "bitsandbytes", "gptqmodel", "lm_eval", "scikit-learn")
@@ -182,10 +182,7 @@ class Baselines:
         written = []
         for r in records:
             path = self.path(r["kind"], r["cell_id"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(snapshot(r), indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, path)
+            files.write_text(path, json.dumps(snapshot(r), indent=2, sort_keys=True) + "\n")
             written.append(path)
         return written
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from quant_harness import counters, progress
+from quant_harness import counters, files, progress
 from quant_harness.errors import CellError, StudyError
 from quant_harness.records import CellResult, provenance
 from quant_harness.benchmark_settings import STEERED_SUFFIX, Settings, TaskOptions, settings
@@ -263,9 +263,7 @@ def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
         score = TaskScore(task=task, task_config_hash=components["task_config_hash"],
                           selection={"limit": options.limit, "samples": options.samples, "seed": s.seed},
                           cache_key=key, **out)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"components": components, "score": asdict(score)}, default=str))
-        os.replace(tmp, path)
+        files.write_text(path, json.dumps({"components": components, "score": asdict(score)}, default=str))
     return score
 
 

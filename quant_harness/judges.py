@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from quant_harness import counters, progress
+from quant_harness import counters, files, progress
 from quant_harness.errors import JudgeError, PrecisionUnavailable, StudyError
 
 LOCAL = "local"
@@ -200,10 +200,7 @@ class Judge:
             except (OSError, json.JSONDecodeError, KeyError):
                 f.unlink(missing_ok=True)
         content, logprobs = self._call(req)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"model": self.model, "content": content, "logprobs": logprobs}))
-        os.replace(tmp, f)
+        files.write_text(f, json.dumps({"model": self.model, "content": content, "logprobs": logprobs}))
         return score_answer(content, logprobs)
 
     def _call(self, req: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:

@@ -19,13 +19,13 @@ import hashlib
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from quant_harness import files
 from quant_harness.verdicts import DEFAULT_BANDS
 
 REFERENCE_SUFFIX = "_reference"
@@ -163,10 +163,7 @@ def cell_plots_cached(record: dict[str, Any], cache_dir: Path) -> list[Plot]:
         except (OSError, ValueError, TypeError):
             f.unlink(missing_ok=True)
     out = cell_plots(record)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps([[p.title, p.b64()] for p in out]))
-    os.replace(tmp, f)
+    files.write_text(f, json.dumps([[p.title, p.b64()] for p in out]))
     return out
 
 

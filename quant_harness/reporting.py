@@ -7,12 +7,11 @@ Everything a reader opens (ranking, findings page, standalone summary page) is r
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
-from quant_harness import counters
+from quant_harness import counters, files
 from quant_harness.precision import PRECISIONS
 
 MATRICES = {
@@ -63,17 +62,7 @@ def split_cell_id(cell_id: str, record: dict[str, Any] | None = None) -> CellNam
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_matrix(path: Path) -> dict[str, Any]:
@@ -169,9 +158,9 @@ def derive(report_dir: Path, *, cards_dir: Path | None = None) -> list[Path]:
     rank_path = results / "robustness_ranking.json"
     _write_json(rank_path, rank)
     findings_path = report_dir / "findings.md"
-    _write_text(findings_path, findings.render(records, rank, run))
+    files.write_text(findings_path, findings.render(records, rank, run))
     summary_path = report_dir / "summary.html"
-    _write_text(summary_path, html_report.summary_page(records, run))
+    files.write_text(summary_path, html_report.summary_page(records, run))
     return [rank_path, findings_path, summary_path]
 
 

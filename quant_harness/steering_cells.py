@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from quant_harness import judges, metrics, progress, steering
+from quant_harness import files, judges, metrics, progress, steering
 from quant_harness.datasets import Prompt, load_caa
 from quant_harness.errors import CellError, StudyError
 from quant_harness.records import CellResult
@@ -123,10 +123,7 @@ def _json_cached(runner: Any, namespace: str, components: dict[str, Any], build:
         except (OSError, json.JSONDecodeError, KeyError):
             f.unlink(missing_ok=True)
     value = build()
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"components": components, "value": value}, default=str))
-    os.replace(tmp, f)
+    files.write_text(f, json.dumps({"components": components, "value": value}, default=str))
     return value
 
 
