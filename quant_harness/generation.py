@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import torch
@@ -236,8 +235,7 @@ def rollout_inputs(runner: Any, model: str, precision: str, trait: Any) -> Rollo
     pos_p, neg_p = expand(contrast.pos, n), expand(contrast.neg, n)
     scores = None
     if trait.judge_filter is not None:
-        jset = judges.settings(runner.study.extra.get("judge"), runner.study.path)
-        judge = judges.shared(jset, Path(runner.cache.root), runner.pool.model_dir)
+        judge = judges.study_judge(runner)
         template = contrast.eval_prompt or judges.load_prompt(trait.key)
         scores = pair_scores(judge, template, [p.messages[-1][1] for p in pos_p], r.pos, r.neg)
     kept = kept_pairs(r.pos, r.neg, scores, threshold=trait.judge_filter if scores is not None else 50.0)

@@ -299,6 +299,13 @@ def shared(s: JudgeSettings, cache_dir: Path, model_dir: Path) -> Judge:
     return _SHARED[key][1]
 
 
+def study_judge(runner: Any) -> Judge:
+    """The runner's study judge (its ``[judge]`` table over the runner's cache and model store), shared by steering
+    cells and PV's rollout filter and started on first use, so a warm cache never starts the local server."""
+    s = settings(runner.study.extra.get("judge"), runner.study.path)
+    return shared(s, Path(runner.cache.root), runner.pool.model_dir)
+
+
 @atexit.register
 def close_shared() -> None:
     """Stop every judge ``shared`` opened (the local server's child process included)."""

@@ -136,13 +136,6 @@ def _vhash(v: Tensor) -> str:
     return hashlib.sha256(v.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
-def _judge(runner: Any) -> judges.Judge:
-    """The study's judge, shared by every cell of this process and started on first use (a warm cache never
-    starts the local server)."""
-    s = judges.settings(runner.study.extra.get("judge"), runner.study.path)
-    return judges.shared(s, Path(runner.cache.root), runner.pool.model_dir)
-
-
 def _test_file(study: Study, s: SteeringSettings, trait: TraitSpec) -> Path:
     f = _resolve(study, s.ab_dir) / f"{trait.key}_test.json"
     if not f.is_file():
@@ -170,7 +163,7 @@ def _open_questions(runner: Any, s: SteeringSettings, trait: TraitSpec) -> tuple
 
 
 def _judged(runner: Any, template: str, questions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
-    j = _judge(runner)
+    j = judges.study_judge(runner)
     coherence_t = judges.load_prompt("coherence")
     trait_s = [j.score(template.format(question=q, answer=a)) for q, a in zip(questions, answers)]
     coh_s = [j.score(coherence_t.format(question=q, answer=a)) for q, a in zip(questions, answers)]
