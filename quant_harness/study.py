@@ -177,15 +177,11 @@ CELL_KINDS: dict[str, CellKind] = {
 
 def _steering_selects(study: Study, trait: TraitSpec, method: str) -> bool:
     """Judged steering is the costly kind: ``[steering] traits`` (default: all) and ``methods`` (default mean_diff)
-    say which vectors get cells (quant_harness.steering_cells validates the table)."""
-    table = study.extra.get("steering")
-    table = table if isinstance(table, dict) else {}
-    traits, methods = table.get("traits"), table.get("methods", ["mean_diff"])
-    known = [t.key for t in study.traits]
-    if isinstance(traits, list) and not set(traits) <= set(known):
-        raise StudyError(study.path, "steering.traits", traits, f"trait keys among {', '.join(known)}")
-    return (not isinstance(traits, list) or trait.key in traits) and (not isinstance(methods, list)
-                                                                       or method in methods)
+    say which vectors get cells (quant_harness.steering_settings owns and validates the table)."""
+    from quant_harness.steering_settings import settings
+
+    s = settings(study)
+    return (s.traits is None or trait.key in s.traits) and method in s.methods
 
 
 def _sae_cells(study: Study, model: str) -> list[str]:

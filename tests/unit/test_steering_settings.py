@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from quant_harness.errors import StudyError
-from quant_harness.steering_cells import settings
+from quant_harness.steering_settings import settings
 from quant_harness.study import load
 
 
