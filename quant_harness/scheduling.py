@@ -196,7 +196,8 @@ def shard_of(key: str, count: int) -> int:
 
 
 def shard_key(nodeid: str) -> str:
-    """What a test is sharded by: its model x precision group, so a shard loads each model once."""
+    """What a test is sharded and xdist-scheduled by: its model x precision group, so one process loads each model
+    once (a non-cell test is its own key; xdist's ``@group`` suffix is dropped)."""
     return group_of_nodeid(nodeid) or nodeid.rsplit("@", 1)[0]
 
 

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from xdist.scheduler import LoadScopeScheduling
 
-from quant_harness.scheduling import group_of_id, group_of_nodeid, split_group
+from quant_harness.scheduling import group_of_id, shard_key, split_group
 
 
 def node_gpus(node: Any) -> int | None:
@@ -36,7 +36,7 @@ class CellGroupScheduling(LoadScopeScheduling):
         self.reference = reference
 
     def _split_scope(self, nodeid: str) -> str:
-        return group_of_nodeid(nodeid) or nodeid.rsplit("@", 1)[0]
+        return shard_key(nodeid)
 
     def _need(self, scope: str) -> int:
         """GPUs a scope needs; 0 (anywhere) for non-cells and for models no worker can hold (they are skipped)."""
