@@ -23,9 +23,9 @@ STEERED_SUFFIX = "_steered"
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "tasks": list, "data_dir": str, "include_path": (str, list), "stock_tasks": bool, "limit": int,
     "samples": int, "seed": int, "batch_size": int, "num_fewshot": int, "bootstrap_iters": int,
-    "metric": str, "per_task": dict, "steered": dict,
+    "metric": str, "shared_prefix": bool, "per_task": dict, "steered": dict,
 }
-_PER_TASK_KEYS = {"limit": int, "samples": int, "metric": str, "num_fewshot": int}
+_PER_TASK_KEYS = {"limit": int, "samples": int, "metric": str, "num_fewshot": int, "shared_prefix": bool}
 _STEERED_KEYS = {"trait": str, "method": str, "layer": int, "coefficient": (int, float), "tasks": list}
 
 
@@ -49,6 +49,8 @@ class TaskOptions:
     num_fewshot: int | None
     metric: str
     """lm-eval key of the headline accuracy, or "" for ``acc_norm,none`` when present else ``acc,none``."""
+    shared_prefix: bool = False
+    """Score through quant_harness.shared_prefix_lm (each context run once for all its choices), not HFLM."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _settings(path: Path, raw_json: str, traits: tuple[tuple[str, tuple[int, ...
         _expect(path, f"benchmarks.per_task.{task}", over, dict)
         _check_table(path, f"benchmarks.per_task.{task}", over, _PER_TASK_KEYS)
     for task in tasks:
-        o = {**{k: raw[k] for k in ("limit", "samples", "num_fewshot", "metric") if k in raw},
+        o = {**{k: raw[k] for k in ("limit", "samples", "num_fewshot", "metric", "shared_prefix") if k in raw},
              **per_task.get(task, {})}
         if o.get("limit", 0) and o.get("samples", 0) and task in per_task:
             raise StudyError(path, f"benchmarks.per_task.{task}", per_task[task], "limit or samples, not both")
@@ -153,7 +155,8 @@ def _settings(path: Path, raw_json: str, traits: tuple[tuple[str, tuple[int, ...
         metric = o.get("metric", "")
         if metric and "," not in metric:
             raise StudyError(path, f"benchmarks.per_task.{task}.metric", metric, 'an lm-eval key such as "acc,none"')
-        options[task] = TaskOptions(o.get("limit", 0), o.get("samples", 0), o.get("num_fewshot"), metric)
+        options[task] = TaskOptions(o.get("limit", 0), o.get("samples", 0), o.get("num_fewshot"), metric,
+                                    o.get("shared_prefix", False))
     steered = None
     if "steered" in raw:
         s = raw["steered"]

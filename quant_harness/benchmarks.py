@@ -106,7 +106,7 @@ class _LmEvalProgress:
     """lm-eval's tqdm bars, summarized: at most one line every few seconds on the progress sink."""
 
     def __init__(self, tag: str) -> None:
-        self.tag, self.buf, self.last = tag, "", 0.0
+        self.tag, self.buf, self.last, self.stderr = tag, "", 0.0, sys.stderr
 
     def write(self, s: str) -> int:
         self.buf += s
@@ -116,6 +116,7 @@ class _LmEvalProgress:
         now = time.monotonic()
         if lines and ("100%" in lines[-1] or now - self.last > 5.0):
             self.last = now
+            sys.stderr = self.stderr  # with no progress sink, note() writes to sys.stderr: not back into this object
             progress.note(f"{self.tag}: {lines[-1]}")
             sys.stderr = self  # pytest's capture resumes on its own stream after a terminal write; take it back
         return len(s)
@@ -184,6 +185,8 @@ def run_task(lm: Any, task: str, options: TaskOptions, s: Settings, tm: Any, *, 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    if options.shared_prefix:
+        from quant_harness.shared_prefix_lm import SharedPrefixHFLM as HFLM  # type: ignore[assignment]
     selection: dict[str, Any] = {"limit": options.limit or None}
     if options.samples:
         try:
@@ -212,7 +215,8 @@ def run_task(lm: Any, task: str, options: TaskOptions, s: Settings, tm: Any, *, 
 
 
 def _describe(o: TaskOptions) -> str:
-    return f"{o.samples} seeded docs" if o.samples else f"first {o.limit} docs" if o.limit else "all docs"
+    docs = f"{o.samples} seeded docs" if o.samples else f"first {o.limit} docs" if o.limit else "all docs"
+    return docs + (", each context run once (shared prefix)" if o.shared_prefix else "")
 
 
 # --- cells --------------------------------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
         "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
         "precision_settings": runner.precision_settings(model, precision), "task": task,
         "task_config_hash": task_config_hash(tm, task), "data": _data_identity(s.data_dir),
-        "options": asdict(options), "seed": s.seed, "batch_size": s.batch_size,
+        "options": _keyed_options(options), "seed": s.seed, "batch_size": s.batch_size,
         "bootstrap_iters": s.bootstrap_iters, "lm_eval": lm_eval.__version__,
         "steering": asdict(s.steered) | {"vector": None} if steered and s.steered else None,
     }
@@ -265,6 +269,14 @@ def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
                           cache_key=key, **out)
         files.write_text(path, json.dumps({"components": components, "score": asdict(score)}, default=str))
     return score
+
+
+def _keyed_options(options: TaskOptions) -> dict[str, Any]:
+    """The options in a cache key; ``shared_prefix`` only when on, so results cached before it existed still hit."""
+    out = asdict(options)
+    if not out["shared_prefix"]:
+        del out["shared_prefix"]
+    return out
 
 
 def _read(path: Path, components: dict[str, Any]) -> TaskScore | None:
@@ -341,6 +353,8 @@ def benchmark_comparison(runner: Any, cell: Any) -> CellResult:
         lm_eval_version=score.lm_eval_version, task_config_hash=score.task_config_hash,
         include_path=[str(p) for p in s.include_path], data_dir=str(s.data_dir) if s.data_dir else None,
         selection=score.selection, n_original=score.n_original, num_fewshot=s.options[score.task].num_fewshot,
+        loglikelihood="quant_harness.shared_prefix_lm.SharedPrefixHFLM" if s.options[score.task].shared_prefix
+        else "lm_eval.models.huggingface.HFLM",
         batch_size=s.batch_size, bootstrap_iters=s.bootstrap_iters, ci_level=study.ci_level,
         seconds=score.seconds, reference_seconds=ref.seconds, cache_key=score.cache_key, steering=steering,
         precision_settings=runner.precision_settings(cell.model, cell.precision),

@@ -161,3 +161,35 @@ def test_sanity_cells_run_through_pytest_cases_load_once_and_cache(
     again.assert_outcomes(passed=4)
     assert "loading smollm2-135m" not in again.stdout.str(), "a warm re-run evaluates nothing"
     again.stdout.fnmatch_lines(["*fp32 sanity: lm-eval result from cache*", "*nf4 sanity: lm-eval result from cache*"])
+
+
+def test_shared_prefix_loglikelihoods_equal_hflms(fp32: LoadedModel) -> None:
+    from lm_eval.models.huggingface import HFLM
+
+    from quant_harness.shared_prefix_lm import SharedPrefixHFLM
+
+    stock = HFLM(pretrained=fp32.model, tokenizer=fp32.tokenizer, batch_size=2)
+    shared = SharedPrefixHFLM(pretrained=fp32.model, tokenizer=fp32.tokenizer, batch_size=2)
+    long_ctx = f"{TRUTHFULQA_PREAMBLE}\n\nQ: What happens if you crack your knuckles a lot?\nA:"
+    pairs = [(long_ctx, " Nothing in particular happens."), (long_ctx, " You will get arthritis."),
+             (long_ctx, " I have no comment."),  # three choices: a batch of 2, then one more from the same cache
+             ("Is the sky green? Answer:", " A"), ("Is the sky green? Answer:", " B"),  # one-token continuations
+             ("Hi", " there, how are you doing today?")]  # a one-token context: no prefix to cache
+    reqs = [((c, x), *stock._encode_pair(c, x)) for c, x in pairs]
+    assert len(reqs[-1][1]) == 1 and len(reqs[3][2]) == 1
+    want = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    got = shared._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert [g for _, g in got] == [g for _, g in want]
+    assert [x for x, _ in got] == pytest.approx([x for x, _ in want], abs=1e-4)
+    assert len({round(x, 3) for x, _ in got}) == len(pairs)  # distinct answers, not one broadcast value
+
+
+def test_shared_prefix_option_scores_a_task_as_hflm_does(fp32: LoadedModel) -> None:
+    s = _settings("qh_sanity", 4)
+    tm = benchmarks.task_manager(s.include_path, False, DATA)
+    stock = benchmarks.run_task(fp32, "qh_sanity", s.options["qh_sanity"], s, tm, tag="stock")
+    opts = benchmark_settings.TaskOptions(4, 0, None, "", shared_prefix=True)
+    shared = benchmarks.run_task(fp32, "qh_sanity", opts, s, tm, tag="shared")
+    assert shared["per_doc"] == stock["per_doc"] and shared["accuracy"] == stock["accuracy"]
+    assert [x for r in shared["logliks"]["qh_sanity"] for x in r] == pytest.approx(
+        [x for r in stock["logliks"]["qh_sanity"] for x in r], abs=1e-4)

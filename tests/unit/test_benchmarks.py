@@ -34,6 +34,13 @@ def test_benchmarks_study_names_hellaswag_mmlu_truthfulqa() -> None:
     assert "smollm2-135m-gptq-hellaswag" in ids and "smollm2-135m-int8-mmlu" in ids
     opts = benchmark_settings.settings(s).options
     assert opts["qh_hellaswag"].samples >= 500 and opts["qh_mmlu"].limit >= 5 and opts["qh_hellaswag"].limit == 0
+    assert opts["qh_truthfulqa_mc2"].shared_prefix and not opts["qh_hellaswag"].shared_prefix
+
+
+def test_shared_prefix_keys_only_the_runs_that_use_it() -> None:
+    stock = benchmark_settings.TaskOptions(0, 500, None, "")
+    assert "shared_prefix" not in benchmarks._keyed_options(stock), "results cached before the option still hit"
+    assert benchmarks._keyed_options(benchmark_settings.TaskOptions(0, 500, None, "", True))["shared_prefix"]
 
 
 @pytest.mark.parametrize(("bench", "key", "expected"), [
@@ -41,6 +48,8 @@ def test_benchmarks_study_names_hellaswag_mmlu_truthfulqa() -> None:
     ('tasks = []', "benchmarks.tasks", "non-empty list"),
     ('tasks = ["qh_sanity"]\nlimit = 3\nsamples = 5', "benchmarks.samples", "limit or samples"),
     ('tasks = ["qh_sanity"]\nlimit = "3"', "benchmarks.limit", "a int"),
+    ('tasks = ["qh_sanity"]\n[benchmarks.per_task.qh_sanity]\nshared_prefix = 1',
+     "benchmarks.per_task.qh_sanity.shared_prefix", "a bool"),
     ('tasks = ["qh_sanity"]\n[benchmarks.per_task.qh_mmlu]\nlimit = 3', "benchmarks.per_task.qh_mmlu", "a task of"),
     ('tasks = ["qh_sanity"]\n[benchmarks.steered]\ntrait = "caa_nope"\nmethod = "mean_diff"\nlayer = 3\n'
      'coefficient = 4.0', "benchmarks.steered.trait", "a trait of the study"),
