@@ -6,12 +6,16 @@ through the same path. Results are cached on disk (keyed by model, precision, ta
 steering), under a file lock, so the reference is evaluated once even when several xdist workers need it.
 
 Verdict: the drop is ``reference accuracy - accuracy`` in accuracy units (0.01 = one percentage point), judged
-against the ``accuracy_drop`` band (< 0.01 robust, 0.01-0.03 degraded, > 0.03 broken) together with lm-eval's
-standard errors: the drop's interval is ``drop +- z * sqrt(se_ref**2 + se**2)`` with z from the study's
-``ci_level`` (1.96 at 0.95, i.e. about two combined stderrs). As for every kind (quant_harness.confidence), a band
+against the ``accuracy_drop`` band (< 0.01 robust, 0.01-0.03 degraded, > 0.03 broken) by its interval
+``drop +- z * se`` with z from the study's ``ci_level`` (1.96 at 0.95). Both runs score the same docs, so ``se`` is
+the paired standard error, ``stdev(ref_i - score_i) / sqrt(n)`` over the per-doc scores: a quantized model that
+answers most docs as the reference does has a small one, where lm-eval's two stderrs combined
+(``sqrt(se_ref**2 + se**2)``, kept in the record) would treat the runs as independent samples and hide any drop
+under the benchmark's own sampling noise. The combined error is used when the per-doc scores cannot be paired (a
+headline that is not their mean, e.g. a macro-averaged group). As for every kind (quant_harness.confidence), a band
 is given only when the whole interval lies in it, else the cell is INCONCLUSIVE; the record also says whether the
-drop is significant (interval excludes 0). The two runs score the same docs, so the unpaired combined error is
-conservative. Where lm-eval gives no stderr (n = 1, ``bootstrap_iters = 0``) the point drop alone decides.
+drop is significant (interval excludes 0). With no error to judge by (n = 1, ``bootstrap_iters = 0``, or the same
+answer on every doc) the point drop alone decides.
 """
 
 from __future__ import annotations
@@ -294,30 +298,47 @@ def _read(path: Path, components: dict[str, Any]) -> TaskScore | None:
 
 @dataclass(frozen=True)
 class DropJudgement:
-    """The accuracy drop from the reference, its combined stderr and interval, and the verdict."""
+    """The accuracy drop from the reference, the standard error it was judged by, and the verdict."""
 
     drop: float
     stderr: float | None
     significant: bool | None
     """Whether the interval excludes 0; None when there is no stderr to judge by (the band alone decides)."""
     judgement: Judgement
+    paired: bool = False
+    """``stderr`` is the paired one (per-doc differences), not lm-eval's two stderrs combined."""
 
     @property
     def verdict(self) -> Verdict:
         return self.judgement.verdict
 
 
+def paired_stderr(ref: TaskScore, score: TaskScore) -> float | None:
+    """Standard error of the mean per-doc difference ``ref_i - score_i``, or None when the two runs cannot be
+    paired: different leaf tasks or doc counts, fewer than two docs, or a headline that is not the per-doc mean."""
+    a, b = ref.per_doc, score.per_doc
+    if a.keys() != b.keys() or any(len(a[t]) != len(b[t]) for t in a):
+        return None
+    diffs = [x - y for t in sorted(a) for x, y in zip(a[t], b[t])]
+    if len(diffs) < 2 or abs(statistics.fmean(diffs) - (ref.accuracy - score.accuracy)) > 1e-6:
+        return None
+    return statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
 def judge_drop(ref_acc: float, ref_se: float | None, acc: float, se: float | None, band: Band,
-               fail_on: Verdict | None, level: float = 0.95, fail_on_inconclusive: bool = False) -> DropJudgement:
-    """Judge ``ref_acc - acc`` by its normal interval ``drop +- z * sqrt(ref_se**2 + se**2)`` (module docstring)."""
+               fail_on: Verdict | None, level: float = 0.95, fail_on_inconclusive: bool = False,
+               paired_se: float | None = None) -> DropJudgement:
+    """Judge ``ref_acc - acc`` by ``drop +- z * paired_se`` when given, else ``drop +- z * sqrt(ref_se**2 + se**2)``
+    (module docstring)."""
     drop = ref_acc - acc
-    if ref_se is None or se is None or not (ref_se or se):
-        return DropJudgement(drop, None, None, judge("accuracy_drop", drop, band, fail_on))
-    combined = math.hypot(ref_se, se)
+    combined = paired_se if paired_se is not None else (
+        math.hypot(ref_se, se) if ref_se is not None and se is not None else None)
+    if not combined:
+        return DropJudgement(drop, None, None, judge("accuracy_drop", drop, band, fail_on), paired_se is not None)
     z = statistics.NormalDist().inv_cdf(0.5 + level / 2)
     interval = Interval(drop, drop - z * combined, drop + z * combined, level, 0, 0)
     j = judge_interval("accuracy_drop", interval, band, fail_on, fail_on_inconclusive)
-    return DropJudgement(drop, combined, not interval.low <= 0.0 <= interval.high, j)
+    return DropJudgement(drop, combined, not interval.low <= 0.0 <= interval.high, j, paired_se is not None)
 
 
 def benchmark_comparison(runner: Any, cell: Any) -> CellResult:
@@ -329,16 +350,24 @@ def benchmark_comparison(runner: Any, cell: Any) -> CellResult:
     if score.metric != ref.metric:
         raise CellError(f"headline metric differs from the reference's: {score.metric} vs {ref.metric}")
     same = ref is score
+    paired = None if same else paired_stderr(ref, score)
     d = judge_drop(ref.accuracy, None if same else ref.stderr, score.accuracy, None if same else score.stderr,
-                   study.bands["accuracy_drop"], study.fail_on, study.ci_level, study.fail_on_inconclusive)
+                   study.bands["accuracy_drop"], study.fail_on, study.ci_level, study.fail_on_inconclusive,
+                   paired_se=paired)
+    unpaired = math.hypot(ref.stderr, score.stderr) if not same and ref.stderr is not None \
+        and score.stderr is not None else None
     lo_hi = d.judgement.interval
-    significance = "" if d.significant is None else (
+    how = f"; stderr {d.stderr:.4f} paired over the {score.n} docs both runs scored" if d.paired and d.stderr \
+        else ""
+    significance = how + ("" if d.significant is None else (
         "; the drop is significant (its interval excludes 0)" if d.significant
-        else "; the drop is not significant (its interval includes 0)")
+        else "; the drop is not significant (its interval includes 0)"))
     figures: dict[str, Any] = {
         "task": score.task, "accuracy_metric": score.metric, "accuracy": score.accuracy,
         "accuracy_stderr": score.stderr, "reference_accuracy": ref.accuracy, "reference_stderr": ref.stderr,
-        "accuracy_drop": d.drop, "drop_stderr": d.stderr, "accuracy_drop_ci_low": lo_hi[0] if lo_hi else None,
+        "accuracy_drop": d.drop, "drop_stderr": d.stderr,
+        "drop_stderr_method": None if same else "paired" if d.paired else "unpaired",
+        "drop_stderr_unpaired": unpaired, "accuracy_drop_ci_low": lo_hi[0] if lo_hi else None,
         "accuracy_drop_ci_high": lo_hi[1] if lo_hi else None, "significant": d.significant, "n": score.n,
         "n_reference": ref.n,
         **score.metrics, "reference_metrics": ref.metrics,

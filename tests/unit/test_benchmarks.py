@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,42 @@ def test_drop_interval_from_combined_stderrs_decides_the_verdict() -> None:
     assert d.significant is False and d.verdict is Verdict.ROBUST
     d = benchmarks.judge_drop(0.40, None, 0.385, None, band, Verdict.BROKEN)
     assert d.significant is None and d.verdict is Verdict.DEGRADED
+
+
+def _score(per_doc: dict[str, list[float]]) -> benchmarks.TaskScore:
+    docs = [x for t in sorted(per_doc) for x in per_doc[t]]
+    return benchmarks.TaskScore("t", "acc,none", sum(docs) / len(docs), None, {}, len(docs), len(docs), "", "", {},
+                                0.0, per_doc=per_doc)
+
+
+def test_paired_stderr_is_the_paired_t_tests_standard_error() -> None:
+    from scipy import stats
+
+    rng = random.Random(0)
+    ref = {"a": [float(rng.random() < 0.4) for _ in range(300)], "b": [rng.random() for _ in range(200)]}
+    quant = {t: [x if rng.random() < 0.9 else 1.0 - x for x in v] for t, v in ref.items()}
+    se = benchmarks.paired_stderr(_score(ref), _score(quant))
+    flat_r, flat_q = [x for t in "ab" for x in ref[t]], [x for t in "ab" for x in quant[t]]
+    t = stats.ttest_rel(flat_r, flat_q)
+    drop = sum(flat_r) / 500 - sum(flat_q) / 500
+    assert se == pytest.approx(drop / t.statistic, rel=1e-9)
+    unpaired = math.hypot(stats.sem(flat_r), stats.sem(flat_q))
+    assert se < unpaired / 2   # 90% of answers kept: pairing removes most of the docs' own variance
+
+
+def test_paired_stderr_refuses_runs_that_do_not_pair() -> None:
+    a = _score({"x": [1.0, 0.0, 1.0]})
+    assert benchmarks.paired_stderr(a, _score({"x": [1.0, 0.0]})) is None             # different doc counts
+    assert benchmarks.paired_stderr(a, _score({"y": [1.0, 0.0, 1.0]})) is None        # different leaf tasks
+    macro = benchmarks.TaskScore("t", "acc,none", 0.9, None, {}, 3, 3, "", "", {}, 0.0, per_doc={"x": [0.0] * 3})
+    assert benchmarks.paired_stderr(a, macro) is None                                  # headline not the doc mean
+
+
+def test_a_paired_stderr_makes_a_small_consistent_drop_conclusive() -> None:
+    band = DEFAULT_BANDS["accuracy_drop"]
+    unpaired = benchmarks.judge_drop(0.380, 0.0217, 0.366, 0.0216, band, Verdict.BROKEN)
+    paired = benchmarks.judge_drop(0.380, 0.0217, 0.366, 0.0216, band, Verdict.BROKEN, paired_se=0.002)
+    assert unpaired.verdict is Verdict.INCONCLUSIVE and not unpaired.paired
+    assert paired.verdict is Verdict.DEGRADED and paired.paired and paired.significant
+    same = benchmarks.judge_drop(0.4, 0.02, 0.4, 0.02, band, Verdict.BROKEN, paired_se=0.0)  # same answer everywhere
+    assert same.verdict is Verdict.ROBUST and same.stderr is None
