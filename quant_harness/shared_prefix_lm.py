@@ -6,6 +6,10 @@ all of that work is the same prefix, again and again. ``SharedPrefixHFLM`` runs 
 its KV cache, and runs only the choices from it: the same tokens, positions and causal attention as HFLM's own
 forward (so the same numbers up to float rounding; tests compare both), at a fraction of the cost on a long prompt.
 Everything else (tokenization, request building, the metrics) stays lm-eval's.
+
+One precision is batch-dependent under either path: bitsandbytes LLM.int8 moves every input column holding an
+outlier in any row of the batch to its fp16 path, so a sequence's log-likelihood depends on what it is batched with
+(lm-eval's own HFLM differs by up to ~1 nat between batch sizes 1 and 16 on TruthfulQA at int8).
 """
 
 from __future__ import annotations
