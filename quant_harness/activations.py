@@ -131,6 +131,11 @@ def extract(
     return torch.stack([results[i] for i in range(len(encoded))])
 
 
+def cache_arg(module: Any) -> str:
+    """The keyword a forward takes its KV cache by: ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def extract_pairs(
     model: Any,
@@ -162,9 +167,7 @@ def extract_pairs(
     blocks = _blocks_for(model, layers)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # transformers 5.24 renamed the decoder's ``past_key_values`` argument to ``cache``; older 5.x take the former
-    cache_arg = "cache" if "cache" in inspect.signature(getattr(model, "base_model", model).forward).parameters \
-        else "past_key_values"
+    arg = cache_arg(getattr(model, "base_model", model))
     captured: dict[int, Tensor] = {}
     handles = _capture(blocks, layers, captured)
     out_p: dict[int, Tensor] = {}
@@ -182,14 +185,14 @@ def extract_pairs(
                 mask[row, width - len(prefix):] = 1
             cache = DynamicCache(config=model.config)
             _forward(model, input_ids=ids.to(device), attention_mask=mask.to(device),
-                     position_ids=(mask.cumsum(-1) - 1).clamp_min(0).to(device), use_cache=True, **{cache_arg: cache})
+                     position_ids=(mask.cumsum(-1) - 1).clamp_min(0).to(device), use_cache=True, **{arg: cache})
             captured.clear()
             cache.batch_repeat_interleave(2)
             letters = torch.tensor([[enc[i][-1]] for i in batch for enc in (enc_p, enc_n)])
             mask2 = torch.cat([mask.repeat_interleave(2, 0), torch.ones(2 * len(batch), 1, dtype=torch.long)], 1)
             where = torch.tensor([len(enc_p[i]) - 1 for i in batch]).repeat_interleave(2).unsqueeze(1)
             _forward(model, input_ids=letters.to(device), attention_mask=mask2.to(device),
-                     position_ids=where.to(device), use_cache=True, **{cache_arg: cache})
+                     position_ids=where.to(device), use_cache=True, **{arg: cache})
             counters.add("forward_passes", 2)
             for row, i in enumerate(batch):
                 out_p[i] = torch.stack([captured[layer][2 * row, -1].float().cpu() for layer in layers])

@@ -14,14 +14,15 @@ outlier in any row of the batch to its fp16 path, so a sequence's log-likelihood
 
 from __future__ import annotations
 
-import inspect
+import copy
 from collections import defaultdict
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
+
+from quant_harness.activations import cache_arg
 
 Request = tuple[tuple[str, str], list[int], list[int]]
 
@@ -48,19 +49,18 @@ class SharedPrefixHFLM(HFLM):
         pbar = tqdm(total=len(fits), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
         for ctx in sorted(groups, key=len, reverse=True):  # longest first, as HFLM: early estimates over, not under
             members = groups[ctx]
-            for start in range(0, len(members), batch):
-                chunk = members[start:start + batch]
-                for i, answer in zip(chunk, self._score_from_prefix(ctx, [requests[i][2] for i in chunk])):
-                    out[i] = answer
-                    if requests[i][0] is not None:
-                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
-                pbar.update(len(chunk))
+            for i, answer in zip(members, self._score_from_prefix(ctx, [requests[i][2] for i in members], batch)):
+                out[i] = answer
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            pbar.update(len(members))
         pbar.close()
         return [out[i] for i in range(len(requests))]
 
     @torch.no_grad()
-    def _score_from_prefix(self, ctx: tuple[int, ...], conts: list[list[int]]) -> list[tuple[float, bool]]:
-        """Run ``ctx[:-1]`` once into a KV cache, then ``ctx[-1:] + cont[:-1]`` for every continuation from it.
+    def _score_from_prefix(self, ctx: tuple[int, ...], conts: list[list[int]], batch: int) -> list[tuple[float, bool]]:
+        """Run ``ctx[:-1]`` once into a KV cache, then ``ctx[-1:] + cont[:-1]`` for the continuations from it,
+        ``batch`` at a time (every chunk but the last gets a copy of the cache: a forward extends it in place).
 
         Continuations are right-padded: causal attention keeps the pads out of every real position, so no mask is
         needed and each row's real tokens see exactly what HFLM's full forward shows them.
@@ -68,25 +68,22 @@ class SharedPrefixHFLM(HFLM):
         from transformers import DynamicCache
 
         model, device = self.model, self.device
-        arg = _cache_arg(model)
-        cache = DynamicCache(config=model.config)
+        arg = cache_arg(model)
+        prefix = DynamicCache(config=model.config)
         if len(ctx) > 1:
-            model(torch.tensor([ctx[:-1]], device=device), use_cache=True, logits_to_keep=1, **{arg: cache})
-            cache.batch_repeat_interleave(len(conts))
-        width = max(len(c) for c in conts)
-        rows = [[ctx[-1], *c[:-1]] for c in conts]
-        pad = rows[0][0]
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-        logits = model(ids, use_cache=True, **{arg: cache}).logits
-        logp = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+            model(torch.tensor([ctx[:-1]], device=device), use_cache=True, logits_to_keep=1, **{arg: prefix})
         answers = []
-        for row, cont in enumerate(conts):
-            target = torch.tensor(cont, device=device)
-            lp = logp[row, :len(cont)]
-            answers.append((float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
+        for start in range(0, len(conts), batch):
+            chunk = conts[start:start + batch]
+            cache = prefix if start + batch >= len(conts) else copy.deepcopy(prefix)
+            if len(ctx) > 1:
+                cache.batch_repeat_interleave(len(chunk))
+            width = max(len(c) for c in chunk)
+            rows = [[ctx[-1], *c[:-1]] for c in chunk]
+            ids = torch.tensor([r + [ctx[-1]] * (width - len(r)) for r in rows], device=device)
+            logp = F.log_softmax(model(ids, use_cache=True, **{arg: cache}).logits, dim=-1, dtype=self.softmax_dtype)
+            for row, cont in enumerate(chunk):
+                target = torch.tensor(cont, device=device)
+                lp = logp[row, :len(cont)]
+                answers.append((float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())))
         return answers
-
-
-def _cache_arg(model: Any) -> str:
-    """transformers 5.24 renamed the forward's ``past_key_values`` to ``cache``; older versions take the former."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
