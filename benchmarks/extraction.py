@@ -61,8 +61,8 @@ def _best_of(fn, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
 
 
 def throughput(model, tok, prompts, layers: list[int], batch: int) -> None:  # type: ignore[no-untyped-def]
-    from quant_harness.activations import encode, extract
-    from quant_harness.positions import parse_position
+    from quant_harness.extract.activations import encode, extract
+    from quant_harness.extract.positions import parse_position
 
     pos = parse_position("prompt[-1]")
     ids = [encode(tok, p)[0] for p in prompts]
@@ -92,9 +92,9 @@ def throughput(model, tok, prompts, layers: list[int], batch: int) -> None:  # t
 def versus_steering_vectors(model, tok, contrast, layers: list[int], batch: int) -> None:  # type: ignore[no-untyped-def]
     from steering_vectors import SteeringVectorTrainingSample, train_steering_vector
 
-    from quant_harness.activations import extract_pairs, render
-    from quant_harness.methods import mean_diff
-    from quant_harness.positions import parse_position
+    from quant_harness.extract.activations import extract_pairs, render
+    from quant_harness.extract.methods import mean_diff
+    from quant_harness.extract.positions import parse_position
 
     pos_pos = parse_position("prompt[-1]")
 
@@ -132,7 +132,7 @@ def main() -> None:
         warm_vs_cold(Path(args.study), args.select)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quant_harness.datasets import load_caa
+    from quant_harness.extract.datasets import load_caa
 
     tok = AutoTokenizer.from_pretrained(str(MODEL))
     model = AutoModelForCausalLM.from_pretrained(str(MODEL), dtype=torch.float32).eval()

@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    from quant_harness import benchmark_settings, benchmarks
-    from quant_harness.cards import load_card
-    from quant_harness.precision import load
+    from quant_harness.bench import settings as benchmark_settings, lm_eval as benchmarks
+    from quant_harness.models.cards import load_card
+    from quant_harness.models.precision import load
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="qh_truthfulqa_mc2")

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    from quant_harness.plugin import report_dir
+    from quant_harness.plugin.options import report_dir
 
     if not config.option.xmlpath:
         config.option.xmlpath = str(report_dir(config) / "junit.xml")

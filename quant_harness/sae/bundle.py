@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from quant_harness.sae.settings import LAYOUTS
 from quant_harness.errors import BundleError
 
 REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
 OPTIONAL = ("W_skip", "threshold")
 ACTIVATIONS = ("relu", "jumprelu", "topk")
-LAYOUTS = ("features_first", "saelens")
 
 
 @dataclass(frozen=True)

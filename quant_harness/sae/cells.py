@@ -20,18 +20,27 @@ import torch
 from filelock import FileLock
 from torch import Tensor
 
-from quant_harness import activations, counters, metrics, progress
-from quant_harness.confidence import bootstrap_ci, judge_interval
+from quant_harness.extract import activations
+from quant_harness._util import counters, progress
+from quant_harness.metrics import tensors as metrics
+from quant_harness.metrics.confidence import bootstrap_ci, judge_interval
 from quant_harness.errors import BundleError, CellError, DatasetError
 from quant_harness.records import CellResult, provenance, versions
 from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle
-from quant_harness.sae.settings import Dictionary, SaeSettings, sae_settings
+from quant_harness.sae.settings import Dictionary, SaeSettings
 from quant_harness.sae.train import evaluate, train_sae
 from quant_harness.runner import EMBEDDED_NOTE
-from quant_harness.study import Cell
+from quant_harness.study.spec import Cell
 
 SKIP_FIRST = 1
 """Tokens left out at the start of every text (the attention sink)."""
+
+
+def _settings(study: Any) -> SaeSettings:
+    if study.sae is None:
+        raise CellError("the study has no [sae] table")
+    settings: SaeSettings = study.sae
+    return settings
 
 
 def load_texts(path: Path) -> dict[str, list[str]]:
@@ -100,7 +109,7 @@ def token_activations(model: Any, tokenizer: Any, texts: Sequence[str], layers: 
 
 def residuals(runner: Any, model: str, precision: str, split: str) -> tuple[Tensor, Tensor, list[int]]:
     """Cached per-token residuals of one split at every ``[sae]`` layer: (acts, text index per token, layers)."""
-    s = sae_settings(runner.study)
+    s = _settings(runner.study)
     texts = load_texts(s.texts)[split]
     card = runner.study.cards[model]
     layers = list(s.layers)
@@ -133,7 +142,7 @@ def dictionary(runner: Any, model: str, d: Dictionary, layer: int) -> tuple[Bund
     acts, _, layers = residuals(runner, model, ref, "train")
     key = _hash({"model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": ref,
                  "precision_settings": runner.precision_settings(model, ref), "layer": layer,
-                 "texts": _hash(load_texts(sae_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
+                 "texts": _hash(load_texts(_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
                  "train": d.train.as_dict(), "torch": versions()["torch"]})
     folder = Path(runner.cache.root) / "sae" / "dictionaries" / model / f"{d.name}-L{layer}-{key}"
     with FileLock(str(folder) + ".lock"):
@@ -214,7 +223,7 @@ def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str
 def sae_comparison(runner: Any, cell: Cell) -> CellResult:
     """The cell's verdict: mean top-k Jaccard over eval tokens, banded by ``sae_overlap`` with a bootstrap CI."""
     study = runner.study
-    s: SaeSettings = sae_settings(study)
+    s: SaeSettings = _settings(study)
     layer_part, _, name = cell.trait.partition("-")
     layer = int(layer_part.removeprefix("sae_"))
     d = next(x for x in s.dictionaries if x.name == name)

@@ -18,22 +18,37 @@ Cells: ``{model}-{precision}-sae_{layer}-{dictionary}`` for every model, non-ref
 
 from __future__ import annotations
 
-import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from quant_harness._util.validate import SectionContext, check_table, expect, resolve
 from quant_harness.errors import StudyError
-from quant_harness.sae.bundle import LAYOUTS
-from quant_harness.sae.train import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent.parent
+LAYOUTS = ("features_first", "saelens")
+"""How a bundle's tensors are oriented on disk (quant_harness.sae.bundle reads both)."""
 _NAME = re.compile(r"^[a-z0-9_]+$")
 _KEYS: dict[str, Any] = {"layers": list, "texts": str, "top_k": int, "dictionaries": dict}
 _TRAIN_KEYS: dict[str, Any] = {"features": int, "steps": int, "batch_size": int, "lr": (int, float),
                                "l1": (int, float), "seed": int}
 _FILE_KEYS: dict[str, Any] = {"path": str, "layout": str, "models": list}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters; all of them are part of the dictionary's cache key."""
+
+    n_features: int = 1024
+    steps: int = 300
+    batch_size: int = 256
+    lr: float = 2e-3
+    l1: float = 3.0
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -56,17 +71,6 @@ class SaeSettings:
     dictionaries: tuple[Dictionary, ...]
 
 
-def _typed(path: Path, key: str, value: object, typ: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, typ):
-        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise StudyError(path, key, value, f"a {names}")
-
-
-def _resolve(p: str, root: Path) -> Path:
-    path = Path(os.path.expandvars(p)).expanduser()
-    return path if path.is_absolute() else root / path
-
-
 def _dictionary(path: Path, name: str, table: object, root: Path, models: set[str]) -> Dictionary:
     where = f"sae.dictionaries.{name}"
     if not _NAME.match(name):
@@ -78,7 +82,7 @@ def _dictionary(path: Path, name: str, table: object, root: Path, models: set[st
         if key not in keys:
             raise StudyError(path, f"{where}.{key}", value, f"one of {', '.join(sorted(keys))}"
                              + (" (a dictionary with path is read, not trained)" if "path" in table else ""))
-        _typed(path, f"{where}.{key}", value, keys[key])
+        expect(path, f"{where}.{key}", value, keys[key])
     if "path" not in table:
         for key in ("features", "steps", "batch_size"):
             if key in table and table[key] < 1:
@@ -98,36 +102,33 @@ def _dictionary(path: Path, name: str, table: object, root: Path, models: set[st
     for i, m in enumerate(fit):
         if m not in models:
             raise StudyError(path, f"{where}.models[{i}]", m, f"a model of the study ({', '.join(sorted(models))})")
-    return Dictionary(name, path=_resolve(table["path"], root), layout=layout, models=tuple(fit))
+    return Dictionary(name, path=resolve(table["path"], root), layout=layout, models=tuple(fit))
 
 
-def sae_settings(study: Any) -> SaeSettings:
-    """Validate ``[sae]``; every problem is a StudyError naming file, key, value and expectation."""
-    path = study.path
-    table = study.extra.get("sae", {})
-    _typed(path, "sae", table, dict)
-    for key, value in table.items():
-        if key not in _KEYS:
-            raise StudyError(path, f"sae.{key}", value, f"one of {', '.join(sorted(_KEYS))}")
-        _typed(path, f"sae.{key}", value, _KEYS[key])
-    n_layers = min(c.layers for c in study.cards.values())
+def parse(ctx: SectionContext, table: object) -> SaeSettings | None:
+    """Validate ``[sae]`` (absent: None, no SAE cells); every problem is a StudyError naming file, key and value."""
+    if table is None:
+        return None
+    path, n_layers = ctx.path, ctx.n_layers
+    check_table(path, "sae", table, _KEYS)
+    assert isinstance(table, dict)
     layers = table.get("layers", [min(12, n_layers - 1)])
     if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n_layers for v in layers):
         raise StudyError(path, "sae.layers", layers, f"a non-empty list of layer indices in 0..{n_layers - 1}")
     top_k = table.get("top_k", 10)
     if top_k < 1:
         raise StudyError(path, "sae.top_k", top_k, "a positive integer")
-    texts = _resolve(table.get("texts", "fixtures/sae/texts.json"), REPO)
+    texts = resolve(table.get("texts", "fixtures/sae/texts.json"), REPO)
     raw = table.get("dictionaries", {})
     if not raw:
         raise StudyError(path, "sae.dictionaries", raw, "at least one [sae.dictionaries.<name>] table")
-    dicts = tuple(_dictionary(path, name, t, REPO, set(study.cards)) for name, t in sorted(raw.items()))
+    dicts = tuple(_dictionary(path, name, t, REPO, set(ctx.models)) for name, t in sorted(raw.items()))
     return SaeSettings(tuple(sorted(set(layers))), texts, top_k, dicts)
 
 
-def cell_names(study: Any, model: str) -> list[str]:
+def cell_names(settings: SaeSettings | None, model: str) -> list[str]:
     """The id parts after model-precision: ``sae_{layer}-{dictionary}``, layers then dictionaries, sorted."""
-    if "sae" not in study.extra:
+    if settings is None:
         return []
-    s = sae_settings(study)
-    return [f"sae_{layer}-{d.name}" for layer in s.layers for d in s.dictionaries if not d.models or model in d.models]
+    return [f"sae_{layer}-{d.name}" for layer in settings.layers for d in settings.dictionaries
+            if not d.models or model in d.models]

@@ -10,28 +10,12 @@ same weights in one environment.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from quant_harness.sae.settings import TrainSettings
 from quant_harness.errors import CellError
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Hyperparameters; all of them are part of the dictionary's cache key."""
-
-    n_features: int = 1024
-    steps: int = 300
-    batch_size: int = 256
-    lr: float = 2e-3
-    l1: float = 3.0
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _check_data(x: Tensor, what: str) -> Tensor:

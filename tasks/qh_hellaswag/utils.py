@@ -9,7 +9,7 @@ import datasets
 
 from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401  the stock preprocessing, used by the YAML
 
-from quant_harness.benchmark_settings import local_data_dir
+from quant_harness.bench.settings import local_data_dir
 
 
 def load_hellaswag(**kwargs: Any) -> datasets.DatasetDict:

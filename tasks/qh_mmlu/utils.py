@@ -8,7 +8,7 @@ from typing import Any
 
 import datasets
 
-from quant_harness.benchmark_settings import local_data_dir
+from quant_harness.bench.settings import local_data_dir
 
 
 def _read(path: Path, subject: str) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import datasets
 
 from lm_eval.tasks.truthfulqa.utils import process_results_mc2  # noqa: F401  the stock MC2 score, used by the YAML
 
-from quant_harness.benchmark_settings import local_data_dir
+from quant_harness.bench.settings import local_data_dir
 
 
 def _targets(d: dict[str, int]) -> dict[str, list[Any]]:

@@ -18,10 +18,12 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from quant_harness import benchmark_settings, benchmarks, counters, steering
-from quant_harness import plots  # noqa: F401  keeps matplotlib in sys.modules across in-process pytester runs
-from quant_harness.cards import load_card
-from quant_harness.precision import LoadedModel, load
+from quant_harness.bench import settings as benchmark_settings, lm_eval as benchmarks
+from quant_harness._util import counters
+from quant_harness.steer import ops as steering
+from quant_harness.report import plots  # noqa: F401  keeps matplotlib in sys.modules across in-process pytester runs
+from quant_harness.models.cards import load_card
+from quant_harness.models.precision import LoadedModel, load
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("QUANT_HARNESS_DATA") or REPO.parent / "shared" / "data" / "benchmarks")
@@ -166,7 +168,7 @@ def test_sanity_cells_run_through_pytest_cases_load_once_and_cache(
 def test_shared_prefix_loglikelihoods_equal_hflms(fp32: LoadedModel) -> None:
     from lm_eval.models.huggingface import HFLM
 
-    from quant_harness.shared_prefix_lm import SharedPrefixHFLM
+    from quant_harness.bench.shared_prefix import SharedPrefixHFLM
 
     stock = HFLM(pretrained=fp32.model, tokenizer=fp32.tokenizer, batch_size=2)
     shared = SharedPrefixHFLM(pretrained=fp32.model, tokenizer=fp32.tokenizer, batch_size=2)

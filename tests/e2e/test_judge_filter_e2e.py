@@ -7,7 +7,9 @@ from typing import Callable
 
 import pytest
 
-from quant_harness import counters, generation, judges
+from quant_harness._util import counters
+from quant_harness.extract import rollouts as generation
+from quant_harness.judge import client as judges
 from quant_harness.errors import CellError
 from quant_harness.runner import StudyRunner
 from quant_harness.study import load
@@ -48,7 +50,7 @@ def test_judge_filtered_rollouts_keep_what_pvs_rule_keeps(make_study: Callable[.
     # The same judge re-reads its cached answers (no new call) and PV's rule is applied here by hand.
     calls = counters.snapshot()["judge_calls"]
     rollouts = generation.responses(runner, "smollm2-135m", "fp32", trait)
-    judge = judges.shared(judges.settings(study.extra["judge"]), tmp_path / "cache", model_dir)
+    judge = judges.shared(study.judge, tmp_path / "cache", model_dir)
     contrast = runner.contrast(trait)
     coherence = judges.load_prompt("coherence")
     expected = 0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness import counters, judges, progress
+from quant_harness._util import counters, progress
+from quant_harness.judge import client as judges
 from quant_harness.errors import JudgeError
 
 SECRET = "sk-test-not-a-real-key-0123456789"

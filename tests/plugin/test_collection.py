@@ -7,7 +7,7 @@ from typing import Callable
 
 import pytest
 
-from quant_harness import precision
+from quant_harness.models import precision
 
 
 def test_ids_follow_the_contract(pytester: pytest.Pytester, make_study: Callable[..., Path],

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from quant_harness import scale
+from quant_harness.plugin import scale
 from quant_harness.cli import main as cli_main
-from quant_harness.reporting import read_matrix
+from quant_harness.report.matrices import read_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS = REPO / "cases" / "test_vectors.py"

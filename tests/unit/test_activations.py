@@ -7,9 +7,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from quant_harness.activations import decoder_layers, extract
-from quant_harness.datasets import Prompt
-from quant_harness.positions import parse_position
+from quant_harness.extract.activations import decoder_layers, extract
+from quant_harness.extract.datasets import Prompt
+from quant_harness.extract.positions import parse_position
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,8 @@ def test_hooks_are_removed(tiny: tuple) -> None:
 def test_pairs_sharing_a_prefix_equal_hidden_states_and_half_the_work(tiny: tuple) -> None:
     """CAA-shaped pairs (one prompt, two final letters) read through the shared-prefix KV path equal the model's
     own hidden_states of each full sequence, in one prefix pass + one letter step per batch."""
-    from quant_harness import counters
-    from quant_harness.activations import extract_pairs
+    from quant_harness._util import counters
+    from quant_harness.extract.activations import extract_pairs
 
     model, tok = tiny
     questions = ["abcabc", "hello", "zz", "longerprompt", "q"]
@@ -80,7 +80,7 @@ def test_pairs_sharing_a_prefix_equal_hidden_states_and_half_the_work(tiny: tupl
 
 
 def test_pairs_of_another_shape_fall_back_to_two_extractions(tiny: tuple) -> None:
-    from quant_harness.activations import extract_pairs
+    from quant_harness.extract.activations import extract_pairs
 
     model, tok = tiny
     pos, neg = _prompts(), _prompts()[::-1]   # different prompts: no shared prefix

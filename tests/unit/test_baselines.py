@@ -8,8 +8,14 @@ from typing import Any
 
 import pytest
 
-from quant_harness.baselines import Baselines, BaselineVersionWarning, Settings, Tolerance, direction, settings
+from quant_harness.report.baselines import BaselineSettings as Settings
+from quant_harness.report.baselines import Baselines, BaselineVersionWarning, Tolerance, direction, parse
 from quant_harness.errors import StudyError
+from quant_harness._util.validate import SectionContext
+
+def _ctx(path: Path | str, models: tuple[str, ...] = ("m",)) -> SectionContext:
+    return SectionContext(Path(path), Path(path).parent, 30, models, ())
+
 
 
 def record(cos: float = 0.9, verdict: str = "degraded", torch: str = "2.14.1") -> dict[str, Any]:
@@ -20,13 +26,13 @@ def record(cos: float = 0.9, verdict: str = "degraded", torch: str = "2.14.1") -
 
 
 def test_settings_from_the_study_table(tmp_path: Path) -> None:
-    s = settings(tmp_path / "s.toml", {"tolerance": 0.01, "figures": {"cosine_mean": "5%"}})
+    s = parse(_ctx(tmp_path / "s.toml"), {"tolerance": 0.01, "figures": {"cosine_mean": "5%"}})
     assert s.tolerance == Tolerance(0.01) and s.for_figure("cosine_mean") == Tolerance(0.05, relative=True)
-    assert settings(tmp_path / "s.toml", None) == Settings()
+    assert parse(_ctx(tmp_path / "s.toml"), None) == Settings()
     with pytest.raises(StudyError, match=r"baselines\.tolerance.*percentage"):
-        settings(tmp_path / "s.toml", {"tolerance": "lots"})
+        parse(_ctx(tmp_path / "s.toml"), {"tolerance": "lots"})
     with pytest.raises(StudyError, match=r"baselines\.tolerence"):
-        settings(tmp_path / "s.toml", {"tolerence": 0.1})
+        parse(_ctx(tmp_path / "s.toml"), {"tolerence": 0.1})
 
 
 def test_direction_of_figures() -> None:

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness import benchmark_settings, benchmarks, scheduling, study
+from quant_harness import study
+from quant_harness.bench import settings as benchmark_settings, lm_eval as benchmarks
 from quant_harness.errors import StudyError
-from quant_harness.verdicts import DEFAULT_BANDS, Verdict
+from quant_harness.metrics.verdicts import DEFAULT_BANDS, Verdict
+from quant_harness.study.kinds import cells
+from quant_harness.study import ids
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,17 +27,17 @@ def _study(tmp_path: Path, bench: str, traits: str = "") -> Path:
 
 def test_default_study_has_a_sanity_cell_per_precision_reference_included() -> None:
     s = study.load(REPO / "cases/studies/default.toml")
-    assert [c.id for c in s.cells("benchmarks")] == [
+    assert [c.id for c in cells(s, "benchmarks")] == [
         f"smollm2-135m-{p}-sanity" for p in ("fp32", "nf4", "int8", "gptq")]
-    assert {c.group for c in s.cells("benchmarks")} == {f"smollm2-135m-{p}" for p in ("fp32", "nf4", "int8", "gptq")}
-    assert all(scheduling.group_of_id(c.id) == c.group for c in s.cells("benchmarks")), "xdist groups by this"
+    assert {c.group for c in cells(s, "benchmarks")} == {f"smollm2-135m-{p}" for p in ("fp32", "nf4", "int8", "gptq")}
+    assert all(ids.group_of_id(c.id) == c.group for c in cells(s, "benchmarks")), "xdist groups by this"
 
 
 def test_benchmarks_study_names_hellaswag_mmlu_truthfulqa() -> None:
     s = study.load(REPO / "cases/studies/benchmarks.toml")
-    ids = [c.id for c in s.cells("benchmarks")]
+    ids = [c.id for c in cells(s, "benchmarks")]
     assert "smollm2-135m-gptq-hellaswag" in ids and "smollm2-135m-int8-mmlu" in ids
-    opts = benchmark_settings.settings(s).options
+    opts = s.benchmarks.options
     assert opts["qh_hellaswag"].samples >= 500 and opts["qh_mmlu"].limit >= 5 and opts["qh_hellaswag"].limit == 0
     assert opts["qh_truthfulqa_mc2"].shared_prefix and not opts["qh_hellaswag"].shared_prefix
 
@@ -49,17 +52,16 @@ def test_shared_prefix_keys_only_the_runs_that_use_it() -> None:
     ('tasks = ["qh_sanity"]\nlimt = 3', "benchmarks.limt", "one of"),
     ('tasks = []', "benchmarks.tasks", "non-empty list"),
     ('tasks = ["qh_sanity"]\nlimit = 3\nsamples = 5', "benchmarks.samples", "limit or samples"),
-    ('tasks = ["qh_sanity"]\nlimit = "3"', "benchmarks.limit", "a int"),
+    ('tasks = ["qh_sanity"]\nlimit = "3"', "benchmarks.limit", "an integer"),
     ('tasks = ["qh_sanity"]\n[benchmarks.per_task.qh_sanity]\nshared_prefix = 1',
-     "benchmarks.per_task.qh_sanity.shared_prefix", "a bool"),
+     "benchmarks.per_task.qh_sanity.shared_prefix", "a boolean"),
     ('tasks = ["qh_sanity"]\n[benchmarks.per_task.qh_mmlu]\nlimit = 3', "benchmarks.per_task.qh_mmlu", "a task of"),
     ('tasks = ["qh_sanity"]\n[benchmarks.steered]\ntrait = "caa_nope"\nmethod = "mean_diff"\nlayer = 3\n'
      'coefficient = 4.0', "benchmarks.steered.trait", "a trait of the study"),
 ])
 def test_bad_benchmarks_table_names_key_and_expectation(tmp_path: Path, bench: str, key: str, expected: str) -> None:
-    s = study.load(_study(tmp_path, bench))
     with pytest.raises(StudyError) as e:
-        s.cells("benchmarks")
+        study.load(_study(tmp_path, bench))
     assert e.value.key == key and expected in e.value.expected and "b.toml" in str(e.value)
 
 
@@ -69,9 +71,9 @@ def test_steered_cells_follow_the_plain_ones(tmp_path: Path) -> None:
     s = study.load(_study(tmp_path, 'tasks = ["qh_sanity", "qh_hellaswag"]\n[benchmarks.steered]\n'
                           'trait = "caa_sycophancy"\nmethod = "mean_diff"\nlayer = 10\ncoefficient = 4.0\n'
                           'tasks = ["qh_sanity"]', trait))
-    ids = [c.id for c in s.cells("benchmarks") if c.precision == "nf4"]
+    ids = [c.id for c in cells(s, "benchmarks") if c.precision == "nf4"]
     assert ids == ["smollm2-135m-nf4-sanity", "smollm2-135m-nf4-hellaswag", "smollm2-135m-nf4-sanity_steered"]
-    assert benchmark_settings.settings(s).task_of("sanity_steered") == ("qh_sanity", True)
+    assert s.benchmarks.task_of("sanity_steered") == ("qh_sanity", True)
 
 
 def test_shipped_task_yamls_all_load() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from quant_harness import counters
-from quant_harness.cache import META, TENSORS, ActivationCache, key_of
+from quant_harness._util import counters
+from quant_harness.store.activations import META, TENSORS, ActivationCache, key_of
 from quant_harness.cli import main as cli_main
 
 COMPONENTS = {"model": "tiny", "precision": "fp32", "dataset": "abc", "position": "response[:]", "layers": [1, 2],
@@ -87,7 +87,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quant_harness.cache import ActivationCache
+from quant_harness.store.activations import ActivationCache
 
 ROOT = Path({root!r})
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness.datasets import load_arditi, load_caa, load_pv
+from quant_harness.extract.datasets import load_arditi, load_caa, load_pv
 from quant_harness.errors import DatasetError
 
 PEERS = Path(__file__).resolve().parents[3] / "shared" / "data" / "peers"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quant_harness import counters
-from quant_harness.activations import extract
-from quant_harness.datasets import Prompt
+from quant_harness._util import counters
+from quant_harness.extract.activations import extract
+from quant_harness.extract.datasets import Prompt
 from quant_harness.errors import CellError
-from quant_harness.generation import GenerationSettings, PairScores, generate, kept_pairs, pack, unpack
-from quant_harness.positions import parse_position
+from quant_harness.extract.rollouts import GenerationSettings, PairScores, generate, kept_pairs, pack, unpack
+from quant_harness.extract.positions import parse_position
 
 from tiny_llama import tiny_llama
 

@@ -8,11 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness import judges
+from quant_harness.judge import client as judges
+from quant_harness.judge.settings import parse
 from quant_harness.errors import StudyError
+from quant_harness._util.validate import SectionContext
 
 JBB = (Path(__file__).resolve().parents[3] / "shared" / "data" / "peers" / "refusal_direction" / "pipeline" / "runs"
        / "meta-llama-3-8b-instruct" / "completions" / "jailbreakbench_baseline_evaluations.json")
+
+def _ctx(path: Path | str, models: tuple[str, ...] = ("m",)) -> SectionContext:
+    return SectionContext(Path(path), Path(path).parent, 30, models, ())
+
 
 
 def test_substring_scorer_reproduces_arditi_labels() -> None:
@@ -61,16 +67,16 @@ def test_unparseable_answer_is_unscored(text: str) -> None:
 
 
 def test_judge_settings_are_validated() -> None:
-    assert judges.settings({"base_url": "local", "timeout": 5}).timeout == 5.0
+    assert parse(_ctx("s.toml"), {"base_url": "local", "timeout": 5}).timeout == 5.0
     with pytest.raises(StudyError, match=r"judge\.modle.*one of"):
-        judges.settings({"modle": "x"}, "s.toml")
-    with pytest.raises(StudyError, match=r"judge\.max_retries.*int"):
-        judges.settings({"max_retries": "3"}, "s.toml")
+        parse(_ctx("s.toml"), {"modle": "x"})
+    with pytest.raises(StudyError, match=r"judge\.max_retries.*an integer"):
+        parse(_ctx("s.toml"), {"max_retries": "3"})
 
 
 def test_missing_key_is_a_skip_reason_that_names_the_variable(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QUANT_HARNESS_TEST_KEY", raising=False)
-    s = judges.settings({"base_url": "https://example.invalid/v1", "api_key_env": "QUANT_HARNESS_TEST_KEY"})
+    s = parse(_ctx("s.toml"), {"base_url": "https://example.invalid/v1", "api_key_env": "QUANT_HARNESS_TEST_KEY"})
     with pytest.raises(judges.JudgeUnavailable, match="QUANT_HARNESS_TEST_KEY is not set"):
         judges.Judge(s, tmp_path)

@@ -8,7 +8,7 @@ import torch
 from steering_vectors import mean_aggregator
 
 from quant_harness.errors import CellError
-from quant_harness.methods import mean_diff, pca, probe
+from quant_harness.extract.methods import mean_diff, pca, probe
 
 
 def _pair(n: int = 40, d: int = 16, shift: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:

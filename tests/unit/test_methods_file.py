@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from quant_harness.errors import CellError
-from quant_harness.methods import load_vectors
+from quant_harness.extract.methods import load_vectors
 
 
 def _mat(rows: int, d: int = 8) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from quant_harness.errors import CellError
-from quant_harness.metrics import auroc, cosine, massive_dim_energy, pearson
+from quant_harness.metrics.tensors import auroc, cosine, massive_dim_energy, pearson
 
 
 def test_cosine_matches_torch() -> None:

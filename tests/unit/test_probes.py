@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from quant_harness.errors import CellError
-from quant_harness.probes import layer_aurocs, split
+from quant_harness.extract.probes import layer_aurocs, split
 
 
 def _acts(n: int = 40, layers: int = 3, d: int = 12) -> tuple[torch.Tensor, torch.Tensor]:

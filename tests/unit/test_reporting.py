@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from typing import Any
 
-from quant_harness import findings, html_report, plots, ranking, reporting
+from quant_harness.report import findings, html as html_report, plots, ranking, matrices as reporting
 from quant_harness.cli import main
+from quant_harness.study import ids
 
 
 def rec(model: str, precision: str, trait: str, method: str, cos: float, kind: str = "vectors",
@@ -30,9 +31,9 @@ GRID = [rec("smollm2-135m", p, t, m, c) for p, t, m, c in [
 
 
 def test_split_cell_id() -> None:
-    assert reporting.split_cell_id("llama-70b-nf4-caa_sycophancy-mean_diff") == (
+    assert ids.split_cell_id("llama-70b-nf4-caa_sycophancy-mean_diff") == (
         "llama-70b", "nf4", "caa_sycophancy-mean_diff")
-    assert reporting.split_cell_id("gemma2-2b-gptq-hellaswag") == ("gemma2-2b", "gptq", "hellaswag")
+    assert ids.split_cell_id("gemma2-2b-gptq-hellaswag") == ("gemma2-2b", "gptq", "hellaswag")
 
 
 def test_kinds_sharing_a_matrix_do_not_overwrite_each_other(tmp_path: Path) -> None:
@@ -105,7 +106,7 @@ def test_summary_table_colours_each_cell_by_verdict() -> None:
 
 def test_cell_plots_are_drawn_once_and_read_back_from_the_plot_cache(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from quant_harness import plots
+    from quant_harness.report import plots
 
     record = {"cell_id": "m-nf4-caa_x-mean_diff", "kind": "vectors", "layers": [0, 1, 2],
               "per_layer": {"cosine": [0.9, 0.95, 0.97], "cosine_reference": [1.0, 1.0, 1.0]}, "figures": {}}

@@ -11,9 +11,12 @@ import torch
 from safetensors.torch import save_file
 
 from quant_harness.errors import BundleError, StudyError
-from quant_harness.sae import TrainSettings, activate, evaluate, feature_direction, load_bundle, save_bundle, train_sae
+from quant_harness.sae.bundle import activate, feature_direction, load_bundle, save_bundle
+from quant_harness.sae.settings import TrainSettings
+from quant_harness.sae.train import evaluate, train_sae
 from quant_harness.sae import oracle
 from quant_harness.sae.cells import fidelity
+from quant_harness.study.kinds import cells
 
 N, D = 12, 6
 
@@ -142,21 +145,16 @@ def test_fidelity_identical_residuals_overlap_fully(tmp_path: Path) -> None:
 
 
 def test_sae_table_errors_name_key(tmp_path: Path) -> None:
-    from types import SimpleNamespace
+    from quant_harness._util.validate import SectionContext
+    from quant_harness.sae.settings import parse
 
-    from quant_harness.sae import sae_settings
-
-    card = SimpleNamespace(layers=30)
-    study = SimpleNamespace(path=tmp_path / "s.toml", cards={"m": card},
-                            extra={"sae": {"layers": [40], "dictionaries": {"tiny": {}}}})
+    ctx = SectionContext(tmp_path / "s.toml", tmp_path, 30, ("m",), ())
     with pytest.raises(StudyError, match=r"sae\.layers = \[40\]: expected a non-empty list"):
-        sae_settings(study)
-    study.extra = {"sae": {"layers": [3], "dictionaries": {"tiny": {"featurs": 8}}}}
+        parse(ctx, {"layers": [40], "dictionaries": {"tiny": {}}})
     with pytest.raises(StudyError, match=r"sae\.dictionaries\.tiny\.featurs = 8: expected one of"):
-        sae_settings(study)
-    study.extra = {"sae": {"layers": [3], "dictionaries": {"Bad-Name": {}}}}
+        parse(ctx, {"layers": [3], "dictionaries": {"tiny": {"featurs": 8}}})
     with pytest.raises(StudyError, match="lowercase"):
-        sae_settings(study)
+        parse(ctx, {"layers": [3], "dictionaries": {"Bad-Name": {}}})
 
 
 def test_cli_sae_oracle_write_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -190,7 +188,7 @@ def test_saelens_folder_layout(tmp_path: Path) -> None:
 
 def test_decoders_feed_steering_rows(tmp_path: Path) -> None:
     from quant_harness.sae.bundle import decoders
-    from quant_harness.methods import sae_feature_vectors
+    from quant_harness.extract.methods import sae_feature_vectors
 
     save_bundle(_tensors(), tmp_path, 2)
     vecs = sae_feature_vectors(decoders(tmp_path, [2]), [[2, 5, 0.5], [2, 1, 2.0]])
@@ -208,7 +206,7 @@ def test_oracle_check_at_lower_weight_precision(tmp_path: Path) -> None:
 
 def test_study_sae_cells_have_model_precision_ids(make_study: Callable[..., Path]) -> None:
     from quant_harness import study
-    from quant_harness.scheduling import group_of_id
+    from quant_harness.study.ids import group_of_id
 
     extra = """
         [sae]
@@ -220,7 +218,7 @@ def test_study_sae_cells_have_model_precision_ids(make_study: Callable[..., Path
         models = ["smollm2-135m"]
         """
     s = study.load(make_study(precisions=("fp32", "nf4", "int8"), extra=extra))
-    ids = [c.id for c in s.cells("sae")]
+    ids = [c.id for c in cells(s, "sae")]
     assert ids == [f"smollm2-135m-{p}-sae_{layer}-{d}" for p in ("nf4", "int8") for layer in (6, 12)
                    for d in ("mini", "other")]
     assert {group_of_id(i) for i in ids} == {"smollm2-135m-nf4", "smollm2-135m-int8"}

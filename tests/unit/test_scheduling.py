@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
-from quant_harness import scale, scheduling
-from quant_harness.scheduling import Shard
-from quant_harness.xdist_scheduler import CellGroupScheduling
+from quant_harness.plugin import scale
+from quant_harness.scale import scheduling
+from quant_harness.scale.scheduling import Shard
+from quant_harness.scale.xdist_scheduler import CellGroupScheduling
+from quant_harness.study import ids as cell_ids
 
 
 def test_slots_index_into_the_callers_visible_devices() -> None:
@@ -87,8 +89,8 @@ def test_shards_split_whole_groups_stably() -> None:
         chosen = [[i for i in ids if scheduling.in_shard(i, Shard(s, n))] for s in range(n)]
         assert sorted(sum(chosen, [])) == sorted(ids)
         for part in chosen:
-            groups = {scheduling.group_of_nodeid(i) for i in part}
-            assert all(scheduling.group_of_nodeid(i) not in groups for other in chosen if other is not part
+            groups = {cell_ids.group_of_nodeid(i) for i in part}
+            assert all(cell_ids.group_of_nodeid(i) not in groups for other in chosen if other is not part
                        for i in other)
 
 
@@ -123,7 +125,7 @@ def _run(sched: CellGroupScheduling, nodes: list[_Node], ids: list[str]) -> dict
             break
         node, i = pending[0]
         done.add((node.gateway.id, i))
-        ran.setdefault(str(scheduling.group_of_nodeid(ids[i])), set()).add(node.gateway.id)
+        ran.setdefault(str(cell_ids.group_of_nodeid(ids[i])), set()).add(node.gateway.id)
         sched.mark_test_complete(node, i)  # type: ignore[arg-type]
     assert sched.tests_finished
     return ran
@@ -157,14 +159,14 @@ def test_loading_the_plugin_imports_nothing_that_touches_cuda() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, quant_harness.plugin, quant_harness.scale, quant_harness.xdist_scheduler; "
+    code = ("import sys, quant_harness.plugin, quant_harness.scale, quant_harness.scale.xdist_scheduler; "
             "print(sorted(m for m in ('bitsandbytes', 'gptqmodel', 'optimum', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_vram_estimate_follows_bytes_per_parameter() -> None:
-    from quant_harness.planner import vram_gb
+    from quant_harness.scale.planner import vram_gb
 
     assert vram_gb(8.0, "bf16") == pytest.approx(8 * 2 * 1.1 + 1.5)
     assert vram_gb(8.0, "nf4") < vram_gb(8.0, "int8") < vram_gb(8.0, "bf16") < vram_gb(8.0, "fp32")

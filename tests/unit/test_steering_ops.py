@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from quant_harness import steering
+from quant_harness.steer import ops as steering
 from quant_harness.errors import CellError
-from quant_harness.methods import sae_feature_vectors
+from quant_harness.extract.methods import sae_feature_vectors
 
 D = 32
 
@@ -40,7 +40,7 @@ def tiny() -> LlamaForCausalLM:
 
 
 def _prompts():  # noqa: ANN202
-    from quant_harness.datasets import Prompt
+    from quant_harness.extract.datasets import Prompt
 
     return [Prompt((("user", "hello"),)), Prompt((("user", "a longer question"),), "(")]
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from quant_harness.errors import StudyError
-from quant_harness.steering_settings import settings
 from quant_harness.study import load
+from quant_harness.study.kinds import cells
 
 
 def test_defaults_and_the_clamp_mode(make_study: Callable[..., Path]) -> None:
-    assert settings(load(make_study(extra=""))).mode == "add"
-    s = settings(load(make_study(extra='[steering]\nmode = "clamp"\nlayers = [3, 9]\ncoefficient = 2\n')))
+    assert load(make_study(extra="")).steering.mode == "add"
+    s = load(make_study(extra='[steering]\nmode = "clamp"\nlayers = [3, 9]\ncoefficient = 2\n')).steering
     assert (s.mode, s.layers, s.coefficient) == ("clamp", (3, 9), 2.0)
 
 
@@ -30,7 +30,7 @@ def test_defaults_and_the_clamp_mode(make_study: Callable[..., Path]) -> None:
 def test_a_bad_key_names_the_file_and_the_key(make_study: Callable[..., Path], table: str, key: str) -> None:
     path = make_study(extra=f"[steering]\n{table}\n")
     with pytest.raises(StudyError, match=key) as err:
-        settings(load(path))
+        load(path)
     assert str(path) in str(err.value)
 
 
@@ -50,21 +50,18 @@ def test_traits_and_methods_choose_the_steering_cells(make_study: Callable[..., 
         dataset = "{repo}/fixtures/traits/caa_refusal.json"
     """
     everything = load(make_study(traits=trait, extra=""))
-    assert [c.id for c in everything.cells("steering")] == [
+    assert [c.id for c in cells(everything, "steering")] == [
         "smollm2-135m-nf4-caa_sycophancy-mean_diff", "smollm2-135m-nf4-caa_refusal-mean_diff"]
     chosen = load(make_study(traits=trait, extra='[steering]\ntraits = ["caa_sycophancy"]\nmethods = ["mean_diff", "file"]\n'))
-    assert [c.id for c in chosen.cells("steering")] == [
+    assert [c.id for c in cells(chosen, "steering")] == [
         "smollm2-135m-nf4-caa_sycophancy-mean_diff", "smollm2-135m-nf4-caa_sycophancy-file"]
-    assert settings(chosen).traits == ("caa_sycophancy",)
-    typo = load(make_study(traits=trait, extra='[steering]\ntraits = ["pv_evil"]\n'))
-    with pytest.raises(StudyError, match="steering.traits"):
-        settings(typo)
-    with pytest.raises(StudyError, match="steering.traits"):   # a typo never silently leaves the grid empty
-        typo.cells("steering")
+    assert chosen.steering.traits == ("caa_sycophancy",)
+    with pytest.raises(StudyError, match="steering.traits"):   # a typo is found at load, never an empty grid
+        load(make_study(traits=trait, extra='[steering]\ntraits = ["pv_evil"]\n'))
 
 
 def test_steerability_is_the_mean_per_question_slope_with_its_standard_error() -> None:
-    from quant_harness.steering_cells import steerability
+    from quant_harness.steer.cells import steerability
 
     coefs = [-2.0, 0.0, 2.0]
     rows = [[-1.0, 0.0, 3.0], [0.0, 0.5, 3.0], [1.0, 1.0, 3.0]]   # coefficient-major: questions slope 0.5, 0.25, 0

@@ -8,6 +8,7 @@ import pytest
 
 from quant_harness import study
 from quant_harness.errors import StudyError
+from quant_harness.study.kinds import cells
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -16,11 +17,11 @@ def test_default_study_grid_and_ids() -> None:
     s = study.load(REPO / "cases/studies/default.toml")
     assert s.reference == "fp32"
     assert s.precisions["smollm2-135m"][:4] == ("fp32", "nf4", "int8", "gptq")
-    ids = [c.id for c in s.cells("vectors")]
+    ids = [c.id for c in cells(s, "vectors")]
     assert "smollm2-135m-nf4-caa_sycophancy-mean_diff" in ids
     assert not any("-fp32-" in i for i in ids), "the reference is what vector cells compare against"
-    assert ids == [c.id for c in study.load(REPO / "cases/studies/default.toml").cells("vectors")]
-    assert {c.group for c in s.cells("vectors")} >= {"smollm2-135m-nf4", "smollm2-135m-int8", "smollm2-135m-gptq"}
+    assert ids == [c.id for c in cells(study.load(REPO / "cases/studies/default.toml"), "vectors")]
+    assert {c.group for c in cells(s, "vectors")} >= {"smollm2-135m-nf4", "smollm2-135m-int8", "smollm2-135m-gptq"}
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -35,7 +36,7 @@ GOOD_MODEL = '[models.smollm2-135m]\ncard = "smollm2-135m"\n'
 @pytest.mark.parametrize(("body", "key", "expected"), [
     ('precisions = ["fp32", "fp8"]\n' + GOOD_MODEL, "study.precisions[1]", "expected one of fp32"),
     ('fail_on = "sometimes"\n' + GOOD_MODEL, "study.fail_on", "expected one of degraded, broken, never"),
-    ("batch_size = \"eight\"\n" + GOOD_MODEL, "study.batch_size", "expected a int"),
+    ("batch_size = \"eight\"\n" + GOOD_MODEL, "study.batch_size", "expected an integer"),
     ('colour = 1\n' + GOOD_MODEL, "study.colour", "expected one of"),
     ('[models.nosuch]\ncard = "nosuch"\n', "card", "known cards: "),
     (GOOD_MODEL + '[[traits]]\nmethodology = "repe"\nname = "x"\ndataset = "fixtures/traits/caa_refusal.json"\n',
@@ -46,7 +47,7 @@ GOOD_MODEL = '[models.smollm2-135m]\ncard = "smollm2-135m"\n'
      'position = "prompt[last]"\n', "traits[0].position", "unknown position"),
     (GOOD_MODEL + '[[traits]]\nmethodology = "caa"\nname = "x"\ndataset = "fixtures/traits/caa_refusal.json"\n'
      "layers = [3, 99]\n", "traits[0].layers", "a layer index in 0..29"),
-    (GOOD_MODEL + "[thresholds.cosine]\nrobust = \"high\"\n", "thresholds.cosine.robust", "expected a int or float"),
+    (GOOD_MODEL + "[thresholds.cosine]\nrobust = \"high\"\n", "thresholds.cosine.robust", "expected a number"),
 ])
 def test_bad_study_names_file_key_and_expectation(tmp_path: Path, body: str, key: str, expected: str) -> None:
     with pytest.raises(StudyError) as err:

@@ -9,6 +9,7 @@ import pytest
 
 from quant_harness import study
 from quant_harness.errors import StudyError
+from quant_harness.study.kinds import cells
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,5 +53,5 @@ def test_rollout_keys_on_a_caa_trait_are_errors(make_study: Callable[..., Path])
 def test_the_study_replay_key_and_probe_cells_on_every_precision(make_study: Callable[..., Path]) -> None:
     s = study.load(make_study(traits=_pv(""), extra=""))
     assert s.replay is False
-    ids = [c.id for c in s.cells("probes")]
+    ids = [c.id for c in cells(s, "probes")]
     assert "smollm2-135m-fp32-pv_sycophantic-probe" in ids and "smollm2-135m-nf4-pv_sycophantic-mean_diff" in ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from quant_harness.errors import CellError
-from quant_harness.verdicts import DEFAULT_BANDS, Band, Verdict, is_allowed, judge
+from quant_harness.metrics.verdicts import DEFAULT_BANDS, Band, Verdict, is_allowed, judge
 
 
 @pytest.mark.parametrize(("value", "verdict"), [(0.99, Verdict.ROBUST), (0.95, Verdict.DEGRADED),
@@ -34,7 +34,7 @@ def test_fail_on() -> None:
 
 
 def test_an_undefined_comparison_is_inconclusive_with_its_reason_and_never_a_nan() -> None:
-    from quant_harness.verdicts import undefined
+    from quant_harness.metrics.verdicts import undefined
 
     band = DEFAULT_BANDS["steering_degradation"]
     j = undefined("effect", 0.0, band, Verdict.BROKEN, False, "the reference never refuses")

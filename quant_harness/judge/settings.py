@@ -1,0 +1,54 @@
+"""The ``[judge]`` table of a study: which OpenAI-compatible endpoint scores steering, and how it is asked.
+
+Parsed by ``study.load`` (torch- and openai-free), so ``[judge] base_ur = "local"`` is a usage error when the study
+loads, not a failure inside every steering cell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quant_harness._util.validate import SectionContext, check_table
+from quant_harness.errors import StudyError
+
+LOCAL = "local"
+"""``base_url = "local"``: start the loopback judge server (quant_harness.judge.server) with a local checkpoint."""
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """The study's ``[judge]`` table."""
+
+    base_url: str = LOCAL
+    model: str = "gpt-4.1-mini"
+    api_key_env: str = "OPENAI_API_KEY"
+    local_model: str = ""
+    """Checkpoint folder served when base_url is "local" (default: the embedded model in the model store)."""
+    timeout: float = 60.0
+    max_retries: int = 4
+    backoff: float = 1.0
+    max_tokens: int = 4
+    logprobs: bool = True
+    constrain_number: bool | None = None
+    """Ask the server to decode only an integer (quant_harness.judge_server's extension). None: on for "local"."""
+
+
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "base_url": str, "model": str, "api_key_env": str, "local_model": str, "timeout": (int, float),
+    "max_retries": int, "backoff": (int, float), "max_tokens": int, "logprobs": bool,
+    "constrain_number": bool,
+}
+
+
+def parse(ctx: SectionContext, table: object) -> JudgeSettings:
+    """Validate ``[judge]`` (absent: the local judge); a bad key is a StudyError naming file, key and value."""
+    if table is None:
+        return JudgeSettings()
+    path = ctx.path
+    check_table(path, "judge", table, _KEYS)
+    assert isinstance(table, dict)
+    if table.get("max_retries", 0) < 0:
+        raise StudyError(path, "judge.max_retries", table["max_retries"], "0 or a positive number of retries")
+    if table.get("timeout", 1) <= 0:
+        raise StudyError(path, "judge.timeout", table["timeout"], "a positive number of seconds")
+    return JudgeSettings(**{k: (float(v) if k in ("timeout", "backoff") else v) for k, v in table.items()})

@@ -1,0 +1,155 @@
+"""The pytest plugin (entry point ``quant_harness.plugin``): hook functions only; the work is in the library.
+
+The top of the import graph: nothing imports this module. Its parts sit below it: ``keys`` (every StashKey),
+``options`` (options, ini keys, folders), ``state`` (per-process records and counters), ``fixtures`` (re-exported
+here, which is how pytest finds them), ``reports`` (baselines, pytest-html, derived reports), ``scale`` (GPU slots,
+shards, the plan) and ``xdist`` (hooks that exist only with pytest-xdist). This package is the only place that
+imports pytest, with the xdist scheduler it registers (quant_harness.scale.xdist_scheduler).
+
+Nothing here imports bitsandbytes, gptqmodel or transformers at import time, so a worker can pin its GPUs first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Generator
+
+import pytest
+
+from quant_harness._util import progress
+from quant_harness.errors import StudyError
+from quant_harness.plugin import scale
+from quant_harness.plugin.fixtures import Outcome, cell_result, quant_runner, quant_study, record_cell
+from quant_harness.plugin.keys import RECORD, REPORTS, STATE, STUDY
+from quant_harness.plugin.options import add_options, cache_dir, report_dir, setting
+from quant_harness.plugin.state import RunState, TerminalSink
+from quant_harness.scale.scheduling import by_group
+from quant_harness.study.kinds import cells
+from quant_harness.study.spec import Cell, Study
+
+__all__ = ["Outcome", "cell_result", "quant_runner", "quant_study", "record_cell"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load the study once per process; a bad study file is a usage error."""
+    config.addinivalue_line("markers", "quant_cells(kind): parametrize the test's `cell` argument with the "
+                            "study's cells of that kind")
+    config.stash[STATE] = RunState(config)
+    config.pluginmanager.register(config.stash[STATE], "quant_harness.state")
+    study_file = setting(config, "quant_study")
+    config.stash[STUDY] = None
+    if study_file:
+        from quant_harness.study import load
+
+        path = Path(study_file)
+        try:
+            config.stash[STUDY] = load(path if path.is_absolute() else config.rootpath / path,
+                                             check_data=not config.getoption("quant_plan"))
+        except StudyError as e:
+            raise pytest.UsageError(str(e)) from e
+    from quant_harness.plugin.reports import ReportHooks
+
+    config.stash[REPORTS] = ReportHooks(config, config.stash[STUDY])
+    config.pluginmanager.register(config.stash[REPORTS], "quant_harness.reports")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        log_dir = report_dir(config) / "progress"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        progress.set_sink(open(log_dir / f"{worker}.log", "a", buffering=1))  # noqa: SIM115
+    else:
+        progress.set_sink(TerminalSink(config))
+    if config.pluginmanager.hasplugin("xdist"):
+        from quant_harness.plugin.xdist import XdistHooks
+
+        config.pluginmanager.register(XdistHooks(config), "quant_harness.xdist")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Detach the progress sink: it points at this run's terminal or log file."""
+    previous = progress.set_sink(None)
+    if previous is not None and not isinstance(previous, TerminalSink):
+        previous.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    s = config.stash.get(STUDY, None)
+    if s is None:
+        return []
+    return [f"quant_harness: study {s.name} ({s.path}), reference {s.reference}, cache {cache_dir(config)}"]
+
+
+def _skip_reason(study: Study, cell: Cell) -> str | None:
+    from quant_harness.models.precision import unavailable_reason
+
+    card = study.cards[cell.model]
+    if cell.precision == "gptq" and not card.has_gptq:
+        return f"{card.name} has no GPTQ checkpoint (plan: none exists); gptq cell skipped"
+    return unavailable_reason(cell.precision)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `cell` from the study, in the same order on every xdist worker."""
+    if "cell" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("quant_cells")
+    s = metafunc.config.stash.get(STUDY, None)
+    if marker is None or s is None:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: a `cell` test needs @pytest.mark.quant_cells(kind) "
+                                "and a study (--quant-study or ini quant_study)")
+    params = []
+    try:
+        grid = cells(s, marker.args[0])
+    except StudyError as e:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: {e}") from e
+    for c in grid:
+        marks: list[Any] = [pytest.mark.xdist_group(c.group)]
+        reason = _skip_reason(s, c) or scale.placement_skip(metafunc.config, c.model, s.cards[c.model].gpus)
+        if reason:
+            marks.append(pytest.mark.skip(reason=reason))
+        params.append(pytest.param(c, id=c.id, marks=marks))
+    metafunc.parametrize("cell", params)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Pin a worker's GPUs before anything touches CUDA; default to --dist loadgroup under -n; plan mode."""
+    scale.cmdline_main(config)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto` with --quant-gpus: one worker per GPU slot."""
+    return scale.auto_num_workers(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run each model x precision group's cells together (one load per group per process); --quant-shard I/N: keep
+    this shard's groups."""
+    groups = [m.args[0] if (m := item.get_closest_marker("xdist_group")) and "cell" in getattr(item, "fixturenames", ())
+              else None for item in items]
+    study = config.stash[STUDY]
+    lead = [f"{model}-{study.reference}" for model in sorted(study.cards)] if study is not None else []
+    items[:] = [items[i] for i in by_group(groups, lead)]
+    scale.select_shard(config, items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> bool | None:
+    """--quant-plan: print the plan instead of running."""
+    return scale.run_plan(session, cache_dir(session.config))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """Attach the cell's record to its call report; reports cross xdist as plain dicts."""
+    report = yield
+    if call.when == "call" and RECORD in item.stash:
+        report.quant_record = item.stash[RECORD].to_dict()
+        report.quant_record["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "master")
+        report.extras = [*getattr(report, "extras", []), *item.config.stash[REPORTS].extras(report.quant_record)]
+    return report

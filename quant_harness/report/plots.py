@@ -1,0 +1,201 @@
+"""PNG plots of cell records, drawn from the record's fields alone so that every kind gets plots for free.
+
+What is drawn (generic by record field):
+  * ``per_layer[name]`` against ``layers``: one line per precision (the summary page) or for the cell, with
+    ``per_layer[name + "_reference"]`` dashed beside it and the study's default band limits when ``name`` is a
+    banded metric (cosine, auroc, ...). Cosine by layer, AUROC by layer, norms, massive-dim energy.
+  * a *series* figure, ``figures[name] = {"x": [...], "x_label": "coefficient", "<y name>": [...], ...}``: one line
+    per y list (steering delta vs coefficient, coherence vs coefficient).
+  * a *bar* figure, ``figures[name] = {"<label>": number, ...}`` (accuracy by precision, by task).
+  * across cells without per-layer data, the headline ``value`` per precision as bars (benchmark accuracy).
+
+Uses matplotlib's object API on the Agg canvas: no pyplot state, no display, safe in workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, NamedTuple
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from quant_harness._util import files
+from quant_harness.study.ids import split_cell_id
+from quant_harness.metrics.verdicts import DEFAULT_BANDS
+
+REFERENCE_SUFFIX = "_reference"
+_PRECISION_ORDER = ("fp32", "bf16", "fp16", "int8", "nf4", "gptq")
+
+
+class Plot(NamedTuple):
+    """One PNG with the title it is shown under."""
+
+    title: str
+    png: bytes
+
+    def b64(self) -> str:
+        return base64.b64encode(self.png).decode("ascii")
+
+
+def _finite(values: Iterable[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(5.6, 2.9), dpi=80, layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return buf.getvalue()
+
+
+def _bands(ax: Any, name: str) -> None:
+    band = DEFAULT_BANDS.get(name)
+    if band is not None:
+        ax.axhline(band.robust, color="#2e7d32", lw=0.8, ls=":", label=f"robust {band.robust:g}")
+        ax.axhline(band.broken, color="#c62828", lw=0.8, ls=":", label=f"broken {band.broken:g}")
+
+
+def precision_key(p: str) -> tuple[int, str]:
+    return (_PRECISION_ORDER.index(p) if p in _PRECISION_ORDER else len(_PRECISION_ORDER), p)
+
+
+def per_layer_names(record: dict[str, Any]) -> list[str]:
+    """Per-layer figures to plot: every name except the ``_reference`` partners, which are drawn beside them."""
+    names = list(record.get("per_layer", {}))
+    return [n for n in names if not (n.endswith(REFERENCE_SUFFIX) and n[: -len(REFERENCE_SUFFIX)] in names)]
+
+
+def layer_plot(title: str, name: str, curves: dict[str, tuple[list[int], list[float]]],
+               reference: tuple[list[int], list[float]] | None = None) -> Plot | None:
+    """``name`` by layer, one line per label (precisions), the reference dashed."""
+    curves = {k: v for k, v in curves.items() if v[0] and len(v[0]) == len(v[1]) and _finite(v[1])}
+    values = [v for _, ys in curves.values() for v in ys]
+    if not curves or max(values) - min(values) < 1e-6:
+        return None
+    fig, ax = _figure(title, "layer", name)
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="o", ms=3, lw=1.4, label=label)
+    if reference and reference[0] and _finite(reference[1]):
+        ax.plot(reference[0], reference[1], color="black", ls="--", lw=1.0, label="reference")
+    _bands(ax, name)
+    ax.legend(fontsize=7, loc="best")
+    return Plot(title, _png(fig))
+
+
+def series_plot(title: str, series: dict[str, Any]) -> Plot | None:
+    """A ``{"x": [...], "x_label": ..., "<y>": [...]}`` figure: one line per y list."""
+    xs = series.get("x")
+    if not isinstance(xs, list) or not xs or not _finite(xs):
+        return None
+    ys = {k: v for k, v in series.items() if k not in ("x", "x_label") and isinstance(v, list)
+          and len(v) == len(xs) and _finite(v)}
+    if not ys:
+        return None
+    fig, ax = _figure(title, str(series.get("x_label", "x")), ", ".join(ys))
+    for label, values in ys.items():
+        ax.plot(xs, values, marker="o", ms=3, lw=1.4, label=label)
+    ax.legend(fontsize=7, loc="best")
+    return Plot(title, _png(fig))
+
+
+def bar_plot(title: str, bars: dict[str, float], ylabel: str) -> Plot | None:
+    """Labelled bars (accuracy by precision), the value printed on each."""
+    bars = {k: v for k, v in bars.items() if _finite([v])}
+    if not bars:
+        return None
+    fig, ax = _figure(title, "", ylabel)
+    labels = list(bars)
+    rects = ax.bar(labels, [bars[k] for k in labels], color="#4f7cac")
+    ax.bar_label(rects, labels=[f"{bars[k]:.3g}" for k in labels], fontsize=8)
+    return Plot(title, _png(fig))
+
+
+def _is_series(v: Any) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("x"), list)
+
+
+def _is_bars(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and not _is_series(v) and _finite(v.values())
+
+
+def cell_plots(record: dict[str, Any]) -> list[Plot]:
+    """The plots of one cell: its per-layer curves (with the reference's), series and bar figures."""
+    out: list[Plot | None] = []
+    layers, per_layer = list(record.get("layers", [])), record.get("per_layer", {})
+    cell, prec = record.get("cell_id", "?"), split_precision(record)
+    for name in per_layer_names(record):
+        ref = per_layer.get(name + REFERENCE_SUFFIX)
+        xs = layers if len(layers) == len(per_layer[name]) else list(range(len(per_layer[name])))
+        out.append(layer_plot(f"{name} by layer: {cell}", name, {prec: (xs, list(per_layer[name]))},
+                              (xs, list(ref)) if isinstance(ref, list) and len(ref) == len(xs) else None))
+    for name, value in record.get("figures", {}).items():
+        if _is_series(value):
+            out.append(series_plot(f"{name}: {cell}", value))
+        elif _is_bars(value):
+            out.append(bar_plot(f"{name}: {cell}", value, name))
+    return [p for p in out if p is not None]
+
+
+def cell_plots_cached(record: dict[str, Any], cache_dir: Path) -> list[Plot]:
+    """``cell_plots`` memoized on disk by the fields they are drawn from, so a warm re-run draws nothing (drawing is
+    most of a warm run's time: ~0.15 s a PNG, two per cell)."""
+    drawn_from = {k: record.get(k) for k in ("cell_id", "kind", "layers", "per_layer", "figures")}
+    key = hashlib.sha256(json.dumps(drawn_from, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    f = cache_dir / "plots" / f"{key}.json"
+    if f.is_file():
+        try:
+            return [Plot(title, base64.b64decode(png)) for title, png in json.loads(f.read_text())]
+        except (OSError, ValueError, TypeError):
+            f.unlink(missing_ok=True)
+    out = cell_plots(record)
+    files.write_text(f, json.dumps([[p.title, p.b64()] for p in out]))
+    return out
+
+
+def split_precision(record: dict[str, Any]) -> str:
+
+    return split_cell_id(str(record.get("cell_id", "")), record).precision
+
+
+def group_plots(title: str, records: list[dict[str, Any]]) -> list[Plot]:
+    """The plots of one model x subject across precisions: per-layer lines per precision, else headline bars."""
+
+    recs = sorted(records, key=lambda r: precision_key(split_cell_id(r["cell_id"], r).precision))
+    names: list[str] = []
+    for r in recs:
+        names += [n for n in per_layer_names(r) if n not in names]
+    out: list[Plot | None] = []
+    for name in names:
+        curves: dict[str, tuple[list[int], list[float]]] = {}
+        reference = None
+        for r in recs:
+            values = r.get("per_layer", {}).get(name)
+            if not isinstance(values, list):
+                continue
+            xs = list(r.get("layers", [])) if len(r.get("layers", [])) == len(values) else list(range(len(values)))
+            curves[split_cell_id(r["cell_id"], r).precision] = (xs, values)
+            ref = r.get("per_layer", {}).get(name + REFERENCE_SUFFIX)
+            if reference is None and isinstance(ref, list) and len(ref) == len(xs):
+                reference = (xs, ref)
+        out.append(layer_plot(f"{name} by layer: {title}", name, curves, reference))
+    if not names:
+        metric = str(recs[0].get("metric", "value")) if recs else "value"
+        out.append(bar_plot(f"{metric} by precision: {title}",
+                            {split_cell_id(r["cell_id"], r).precision: r.get("value") for r in recs}, metric))
+    return [p for p in out if p is not None]

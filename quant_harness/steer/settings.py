@@ -1,0 +1,86 @@
+"""The ``[steering]`` table of a study: which layers, coefficients, traits and methods the steering cells use.
+
+Parsed by ``study.load`` (torch-free, and importing nothing of the study package), so a bad table is a usage error
+when the study loads and the grid can ask which vectors get judged steering cells.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from quant_harness._util.validate import SectionContext, check_table
+from quant_harness.errors import StudyError
+
+
+@dataclass(frozen=True)
+class SteeringSettings:
+    """The study's ``[steering]`` table: kept small so the default study runs on a CPU in minutes."""
+
+    layers: tuple[int, ...] = (12,)
+    """Candidate layers (block outputs); the first one is used for A/B, transfer and refusal cells."""
+    coefficient: float = 4.0
+    """Starting coefficient of the search (a multiple of the raw vector)."""
+    search_steps: int = 2
+    coherence_min: float = 50.0
+    questions: int = 4
+    max_new_tokens: int = 24
+    ab_coefficients: tuple[float, ...] = (-2.0, 0.0, 2.0)
+    ab_questions: int = 10
+    ab_dir: str = "fixtures/ab_questions"
+    refusal_prompts: str = "fixtures/ab_questions/refusal_prompts.json"
+    samples: int = 2
+    """Responses kept per condition in each record, for review."""
+    method: str = "mean_diff"
+    """Whose vectors A/B, transfer and refusal cells use; steering cells use their own cell's method."""
+    traits: tuple[str, ...] | None = None
+    """Traits that get judged steering cells (None: every CAA and PV trait)."""
+    methods: tuple[str, ...] = ("mean_diff",)
+    """Methods whose vectors get judged steering cells (e.g. add "file" to steer with external/SAE vectors)."""
+    mode: str = "add"
+    """Steering cells: ``add`` the vector x coefficient, or ``clamp`` the projection on it to coefficient x |v|
+    (the SAE seed's clamp, which keeps high scales from blowing up activations)."""
+
+    def selects(self, trait: str, method: str) -> bool:
+        """Whether the vector of (trait, method) gets a judged steering cell."""
+        return (self.traits is None or trait in self.traits) and method in self.methods
+
+
+_KEYS: dict[str, Any] = {
+    "layers": list, "coefficient": (int, float), "search_steps": int, "coherence_min": (int, float),
+    "questions": int, "max_new_tokens": int, "ab_coefficients": list, "ab_questions": int, "ab_dir": str,
+    "refusal_prompts": str, "samples": int, "method": str, "mode": str, "traits": list, "methods": list,
+}
+
+
+def parse(ctx: SectionContext, table: object) -> SteeringSettings:
+    """Validate ``[steering]`` (absent: the defaults); every problem is a StudyError naming file, key and value."""
+    path, n_layers = ctx.path, ctx.n_layers
+    out: dict[str, Any] = dict(check_table(path, "steering", {} if table is None else table, _KEYS))
+    layers = out.get("layers", [min(12, n_layers - 1)])
+    if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n_layers for v in layers):
+        raise StudyError(path, "steering.layers", layers, f"a non-empty list of layers in 0..{n_layers - 1}")
+    out["layers"] = tuple(layers)
+    coefs = out.get("ab_coefficients", [-2.0, 0.0, 2.0])
+    if len(coefs) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefs):
+        raise StudyError(path, "steering.ab_coefficients", coefs, "a list of at least two numbers")
+    out["ab_coefficients"] = tuple(float(c) for c in coefs)
+    for key in ("search_steps", "questions", "max_new_tokens", "ab_questions"):
+        if key in out and out[key] < 1:
+            raise StudyError(path, f"steering.{key}", out[key], "a positive integer")
+    known = ctx.trait_keys
+    if "traits" in out:
+        if not all(t in known for t in out["traits"]):
+            raise StudyError(path, "steering.traits", out["traits"], f"trait keys among {', '.join(known)}")
+        out["traits"] = tuple(out["traits"])
+    if "methods" in out:
+        # probe and pca vectors are unit-norm: a coefficient means something else for them, so they do not steer
+        if not out["methods"] or not all(m in ("mean_diff", "file") for m in out["methods"]):
+            raise StudyError(path, "steering.methods", out["methods"], "a non-empty list of mean_diff, file")
+        out["methods"] = tuple(out["methods"])
+    if out.get("mode", "add") not in ("add", "clamp"):
+        raise StudyError(path, "steering.mode", out["mode"], "add or clamp")
+    for key in ("coefficient", "coherence_min"):
+        if key in out:
+            out[key] = float(out[key])
+    return SteeringSettings(**out)
