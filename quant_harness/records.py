@@ -8,7 +8,7 @@ import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("torch", "transformers", "bitsandbytes", "gptqmodel", "optimum", "lm_eval", "steering-vectors",
@@ -38,14 +38,44 @@ class CellResult:
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> Record:
+        """The record as matrices store it (``json.dumps`` of this is what reports/results/*.json hold)."""
+        return cast(Record, asdict(self))
 
     def properties(self) -> list[tuple[str, object]]:
         """JUnit properties: verdict first, then the headline figures (rounded for readability)."""
         props: list[tuple[str, object]] = [("verdict", self.verdict), (self.metric, _round(self.value))]
         props += [(k, _round(v)) for k, v in self.figures.items() if k != self.metric and _scalar(v)]
         return props
+
+
+class _RecordKeys(TypedDict):
+    cell_id: str
+    kind: str
+
+
+class Record(_RecordKeys, total=False):
+    """A cell record as the report layer reads it: ``CellResult.to_dict()``, or one entry of a JSON matrix.
+
+    A typed view of the plain dict, so matrices are written and read back byte for byte as before; the keys are
+    CellResult's fields. Only ``cell_id`` and ``kind`` are required: matrices written by older versions, and records
+    built by hand in tests, may leave the others out, so readers use ``.get`` with a default for them.
+    """
+
+    verdict: str
+    metric: str
+    value: float
+    figures: dict[str, Any]
+    per_layer: dict[str, list[float]]
+    layers: list[int]
+    explanation: str
+    provenance: dict[str, Any]
+    schema_version: int
+
+
+def as_record(raw: dict[str, Any]) -> Record:
+    """A record read from JSON as a Record (the boundary where untyped JSON becomes typed; nothing is copied)."""
+    return cast(Record, raw)
 
 
 def _scalar(v: object) -> bool:

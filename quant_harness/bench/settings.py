@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quant_harness import data
 from quant_harness._util.validate import SectionContext, check_table, expect, resolve
 from quant_harness.errors import StudyError
 
-TASKS_DIR = Path(__file__).resolve().parent.parent.parent / "tasks"
-"""The task YAMLs shipped with the harness (qh_sanity, qh_hellaswag, qh_mmlu, qh_truthfulqa_mc1/mc2)."""
+TASKS_DIR = data.path("tasks")
+"""The task YAMLs shipped with the harness (qh_sanity, qh_hellaswag, qh_mmlu, qh_truthfulqa_mc1/mc2), package data in
+quant_harness/data/tasks: always on the include path, before the study's own ``include_path`` folders."""
 DATA_ENV = "QUANT_HARNESS_DATA"
 STEERED_SUFFIX = "_steered"
 _KEYS: dict[str, type | tuple[type, ...]] = {
@@ -126,10 +128,11 @@ def parse(ctx: SectionContext, table: object) -> BenchmarkSettings:
     if data_dir is not None and "$" in str(data_dir):
         data_dir = None
     inc = raw.get("include_path", [])
-    include = tuple(resolve(p, ctx.root) for p in ([inc] if isinstance(inc, str) else inc)) or (TASKS_DIR,)
-    for i, p in enumerate(include):
+    own = tuple(resolve(p, ctx.root) for p in ([inc] if isinstance(inc, str) else inc))
+    for i, p in enumerate(own):
         if not p.is_dir():
             raise StudyError(path, f"benchmarks.include_path[{i}]", str(p), "an existing folder of task YAMLs")
+    include = (TASKS_DIR, *(p for p in dict.fromkeys(own) if p.resolve() != TASKS_DIR.resolve()))
     options: dict[str, TaskOptions] = {}
     per_task = raw.get("per_task", {})
     for task, over in per_task.items():

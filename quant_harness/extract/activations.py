@@ -15,38 +15,29 @@ import torch
 from torch import Tensor
 
 from quant_harness._util import counters, progress
+from quant_harness.extract import batching
 from quant_harness.extract.datasets import Prompt
 from quant_harness.extract.positions import Position
+from quant_harness.models import adapter
 
 LAYER_CONVENTION = "block_output"
 LAYER_CONVENTION_TEXT = "layer L = output of decoder block L (resid_post) = hidden_states[L+1]"
 
 
 def decoder_layers(model: Any) -> list[torch.nn.Module]:
-    """The model's decoder blocks, found by steering-vectors' layer matcher (works through bnb/GPTQ wrappers)."""
-    from steering_vectors import guess_and_enhance_layer_config
-    from steering_vectors.layer_matching import collect_matching_layers
-
-    config = guess_and_enhance_layer_config(model, layer_type="decoder_block")
-    names = collect_matching_layers(model, config["decoder_block"])
-    modules = dict(model.named_modules())
-    return [modules[n] for n in names]
+    """The model's decoder blocks (models.adapter.decoder_blocks: steering-vectors' matcher, through bnb/GPTQ)."""
+    return adapter.decoder_blocks(model)
 
 
 def render(tokenizer: Any, prompt: Prompt) -> str:
-    """The prompt as the model sees it: its chat template with the generation header, then the prefill."""
-    messages = [{"role": r, "content": c} for r, c in prompt.messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return str(text) + prompt.prefill
+    """The prompt as the model sees it: its chat template with the generation header, then the prefill; a system
+    message the template rejects is folded into the first user turn (models.adapter.render says which mode)."""
+    return adapter.render(tokenizer, prompt).text
 
 
 def encode(tokenizer: Any, prompt: Prompt, response: str = "") -> tuple[list[int], int]:
     """Token ids of prompt (+ response) and the prompt's length; the two are tokenized apart so the boundary holds."""
-    ids = list(tokenizer(render(tokenizer, prompt), add_special_tokens=False).input_ids)
-    n_prompt = len(ids)
-    if response:
-        ids += list(tokenizer(response, add_special_tokens=False).input_ids)
-    return ids, n_prompt
+    return adapter.encode(tokenizer, prompt, response)
 
 
 class _Done(Exception):
@@ -103,7 +94,7 @@ def extract(
     encoded = [encode(tokenizer, p, responses[i] if responses else "") for i, p in enumerate(prompts)]
     picks = [position.indices(n_prompt, len(ids)) for ids, n_prompt in encoded]
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = batching.pad_id(tokenizer)
     captured: dict[int, Tensor] = {}
     handles = _capture(blocks, layers, captured)
     try:
@@ -111,14 +102,9 @@ def extract(
         results: dict[int, Tensor] = {}
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in progress.bar(batches, desc=desc, unit="batch"):
-            width = max(len(encoded[i][0]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids = encoded[i][0]
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                mask[row, : len(ids)] = 1
-            _forward(model, input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            padded = batching.right_pad([encoded[i][0] for i in batch], pad)
+            _forward(model, input_ids=padded.input_ids.to(device), attention_mask=padded.attention_mask.to(device),
+                     use_cache=False)
             counters.add("forward_passes")
             for row, i in enumerate(batch):
                 idx = torch.tensor(picks[i], device=device)
@@ -166,7 +152,7 @@ def extract_pairs(
 
     blocks = _blocks_for(model, layers)
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = batching.pad_id(tokenizer)
     arg = cache_arg(getattr(model, "base_model", model))
     captured: dict[int, Tensor] = {}
     handles = _capture(blocks, layers, captured)
@@ -176,13 +162,7 @@ def extract_pairs(
         order = sorted(range(len(enc_p)), key=lambda i: len(enc_p[i]))
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         for batch in progress.bar(batches, desc=f"{desc} +/-", unit="batch"):
-            width = max(len(enc_p[i]) - 1 for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                prefix = enc_p[i][:-1]
-                ids[row, width - len(prefix):] = torch.tensor(prefix)
-                mask[row, width - len(prefix):] = 1
+            ids, mask, _ = batching.left_pad([enc_p[i][:-1] for i in batch], pad)
             cache = DynamicCache(config=model.config)
             _forward(model, input_ids=ids.to(device), attention_mask=mask.to(device),
                      position_ids=(mask.cumsum(-1) - 1).clamp_min(0).to(device), use_cache=True, **{arg: cache})

@@ -67,6 +67,161 @@ def pca(pos: Tensor, neg: Tensor) -> Tensor:
 METHODS: dict[str, Method] = {"mean_diff": mean_diff, "probe": probe, "pca": pca}
 """Methods computed from contrast activations; ``file`` is the fourth method and goes through ``load_vectors``."""
 
+BatchedMethod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""A method over bootstrap resamples: ``(pos [N, d], neg [M, d], pos_idx [B, N'], neg_idx [B, M']) -> [B, d]``
+(float64), one vector per row of indices, as if the method ran on ``pos[pos_idx[b]]`` and ``neg[neg_idx[b]]``.
+Paired resamples pass the same indices for both classes."""
+
+
+def _counts(idx: Tensor, n: int) -> Tensor:
+    """How often each of ``n`` rows is drawn in each resample: ``[B, n]`` float64."""
+    idx = idx.long()
+    return torch.zeros(idx.shape[0], n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(idx.shape, dtype=torch.float64))
+
+
+def _unit(v: Tensor, what: str) -> Tensor:
+    norm = v.norm(dim=-1, keepdim=True)
+    if bool((norm == 0).any()) or not bool(torch.isfinite(v).all()):
+        raise CellError(f"{what}: a resample gives a zero or non-finite vector")
+    return v / norm
+
+
+def mean_diff_resampled(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tensor) -> Tensor:
+    """``mean_diff`` on every resample at once (a count-weighted mean of the rows)."""
+    pos, neg = _check(pos, neg)
+    wp = _counts(pos_idx, len(pos)) / pos_idx.shape[1]
+    wn = _counts(neg_idx, len(neg)) / neg_idx.shape[1]
+    return wp @ pos.double() - wn @ neg.double()
+
+
+def _top_eigvec(gram: Tensor) -> Tensor:
+    """The eigenvector of the largest eigenvalue of each symmetric ``[B, n, n]`` matrix."""
+    _, vecs = torch.linalg.eigh(gram)
+    return vecs[..., -1]
+
+
+def _signed(v: Tensor, toward: Tensor) -> Tensor:
+    sign = torch.where((v * toward).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(v.dtype)
+    return v * sign
+
+
+def pca_resampled(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tensor) -> Tensor:
+    """``pca`` (paired) on every resample of pairs: the top eigenvector of ``sum_b Delta_b Delta_b^T`` found through
+    the ``[N, N]`` Gram matrix of the differences, signed to agree with the resample's mean difference."""
+    pos, neg = _check(pos, neg)
+    if len(pos) != len(neg) or pos_idx.shape != neg_idx.shape or not torch.equal(pos_idx, neg_idx):
+        raise CellError("pca needs paired examples resampled by pair (the same indices for both classes)")
+    delta = (pos - neg).double()
+    c = _counts(pos_idx, len(pos))
+    s = c.sqrt()
+    u = _top_eigvec(s[:, :, None] * (delta @ delta.T)[None] * s[:, None, :])
+    v = (s * u) @ delta
+    return _unit(_signed(v, (c / pos_idx.shape[1]) @ delta), "pca")
+
+
+def pca_unpaired_resampled(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tensor) -> Tensor:
+    """``pca_unpaired`` on every resample (each class resampled on its own); see ``pca_unpaired``."""
+    pos, neg = _check(pos, neg)
+    n, m = len(pos), len(neg)
+    x = torch.cat([pos, neg]).double()
+    wp, wn = _counts(pos_idx, n) / pos_idx.shape[1], _counts(neg_idx, m) / neg_idx.shape[1]
+    omega = torch.cat([wp, wn], dim=1)                                   # [B, n+m]: each row's weight
+    e = torch.cat([torch.zeros_like(wp), wn], dim=1)                     # neg mean = e @ x
+    t = torch.eye(n + m, dtype=torch.float64)[None] - e[:, None, :]      # rows minus the neg mean: t @ x
+    s = omega.sqrt()
+    gram = s[:, :, None] * (t @ (x @ x.T)[None] @ t.transpose(1, 2)) * s[:, None, :]
+    coef = (t.transpose(1, 2) @ (s * _top_eigvec(gram))[..., None]).squeeze(-1)
+    v = coef @ x
+    return _unit(_signed(v, torch.cat([wp, -wn], dim=1) @ x), "pca (unpaired)")
+
+
+def pca_unpaired(pos: Tensor, neg: Tensor) -> Tensor:
+    """PCA of unpaired contrast sets without pairing rows by file order: the top eigenvector of the mean outer
+    product of *every* difference ``pos_i - neg_j`` (all N x M of them), signed to agree with the mean difference.
+
+    That second moment is ``mean_i (pos_i - nbar)(pos_i - nbar)^T + mean_j (neg_j - nbar)(neg_j - nbar)^T`` (the
+    cross terms vanish), so it is found from N + M rows. On paired data ``pca`` averages over the real pairs instead.
+    """
+    return pca_unpaired_resampled(pos, neg, torch.arange(len(pos))[None], torch.arange(len(neg))[None])[0].float()
+
+
+def _logistic_dual(gram: Tensor, y: Tensor, C: float, *, iterations: int = 100) -> Tensor:
+    """Newton's method for ``min 1/2 w.w + C sum log(1 + exp(-y (x.w + b)))`` with ``w = X^T alpha``, per batch row.
+
+    ``gram`` is ``[B, r, r]`` (= X X^T of each resample's rows), ``y`` is +-1 ``[r]``; returns alpha ``[B, r]``.
+    This is sklearn's L2 logistic regression (intercept not penalized) solved in the span of the rows: at the optimum
+    ``w = -C sum_i g_i x_i``, and the Newton system is solved in that span with the intercept as one more unknown.
+    """
+    B, r, _ = gram.shape
+    alpha = torch.zeros(B, r, dtype=torch.float64)
+    b = torch.zeros(B, dtype=torch.float64)
+    eye = torch.eye(r, dtype=torch.float64)[None]
+    for _ in range(iterations):
+        f = (gram @ alpha[..., None]).squeeze(-1) + b[:, None]
+        g = -y * torch.sigmoid(-y * f)
+        d = torch.sigmoid(f) * torch.sigmoid(-f)
+        top = torch.cat([C * d[:, :, None] * gram + eye, C * d[:, :, None]], dim=2)
+        bottom = torch.cat([C * (d[:, None, :] @ gram), C * d.sum(-1)[:, None, None]], dim=2)
+        rhs = -torch.cat([C * g + alpha, C * g.sum(-1, keepdim=True)], dim=1)
+        step = torch.linalg.solve(torch.cat([top, bottom], dim=1), rhs[..., None]).squeeze(-1)
+        alpha, b = alpha + step[:, :r], b + step[:, r]
+        if float(step.abs().max()) < 1e-11:
+            return alpha
+    raise CellError(f"probe: logistic regression did not converge in {iterations} Newton steps")
+
+
+def probe_resampled(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tensor, *, C: float = 1.0) -> Tensor:
+    """``probe`` on every resample at once: the same regularized logistic regression on row-normalized rows,
+    solved exactly by Newton's method in the span of the resample's rows (sklearn's lbfgs stops at a tolerance)."""
+    pos, neg = _check(pos, neg)
+    n = len(pos)
+    x = torch.cat([pos, neg]).double()
+    xn = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    rows = torch.cat([pos_idx.long(), n + neg_idx.long()], dim=1)                 # [B, r]
+    y = torch.cat([torch.ones(pos_idx.shape[1]), -torch.ones(neg_idx.shape[1])]).double()
+    k = xn @ xn.T
+    alpha = _logistic_dual(k[rows[:, :, None], rows[:, None, :]], y, C)
+    coef = torch.zeros(rows.shape[0], len(x), dtype=torch.float64).scatter_add_(1, rows, alpha)
+    return _unit(coef @ xn, "probe")
+
+
+def fixed_direction(v: Tensor) -> BatchedMethod:
+    """A vector that does not depend on the examples (method ``file``), as a BatchedMethod."""
+    v = v.double()
+
+    def run(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tensor) -> Tensor:
+        return v.expand(pos_idx.shape[0], -1)
+    return run
+
+
+def looped(fn: Method) -> BatchedMethod:
+    """Any per-split method as a BatchedMethod, one call per resample (slow; for methods with no batched form)."""
+    def run(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tensor) -> Tensor:
+        return torch.stack([fn(pos[a], neg[b]).double() for a, b in zip(pos_idx.long(), neg_idx.long())])
+    return run
+
+
+def resampled(method: str | Method, *, paired: bool) -> BatchedMethod:
+    """The batched form of a method (a name of METHODS or one of its functions); ``pca`` of unpaired data is
+    ``pca_unpaired``, since pairing harmful[i] with harmless[i] by file order means nothing. Other functions run
+    once per resample."""
+    fn = METHODS.get(method) if isinstance(method, str) else method
+    if fn is None:
+        raise CellError(f"unknown vector method {method!r}; expected one of {', '.join(METHODS)}")
+    if fn is pca:
+        return pca_resampled if paired else pca_unpaired_resampled
+    fast: dict[Method, BatchedMethod] = {mean_diff: mean_diff_resampled, probe: probe_resampled,
+                                         pca_unpaired: pca_unpaired_resampled}
+    return fast.get(fn) or looped(fn)
+
+
+def for_contrast(method: str, *, paired: bool) -> Method:
+    """The per-split function of ``method`` for a contrast set: ``pca`` of unpaired data is ``pca_unpaired``."""
+    if method == "pca" and not paired:
+        return pca_unpaired
+    return METHODS[method]
+
 _DECODER_KEYS = ("W_dec", "w_dec", "decoder", "W_D")
 
 

@@ -8,7 +8,7 @@ try layers and methods in seconds once activations are cached.
 from __future__ import annotations
 
 import statistics
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from quant_harness.extract.methods import METHODS
 from quant_harness.records import CellResult
 from quant_harness.study.spec import Cell
 from quant_harness.metrics.verdicts import judge
+
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
 
 REFERENCE_FLOOR = 0.6
 """Below this best-layer AUROC on the reference precision the trait is not linearly readable: flagged."""
@@ -101,7 +104,7 @@ def layer_aurocs(pos: Tensor, neg: Tensor, s: Split, method: str,
     return out
 
 
-def probe_comparison(runner: Any, cell: Cell) -> CellResult:
+def probe_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     """Validation AUROC per layer of the cell's method at its precision, beside the reference precision's."""
     study, trait = runner.study, runner.study.trait(cell.trait)
 

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from quant_harness._util import counters, progress
 from quant_harness.judge import client as judges
+from quant_harness.extract import batching
 from quant_harness.extract.activations import encode
 from quant_harness.extract.datasets import Prompt
 from quant_harness.errors import CellError
+
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
+    from quant_harness.study.spec import Study, TraitSpec
 
 
 @dataclass(frozen=True)
@@ -102,19 +107,15 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: Ge
         raise CellError("no prompts to generate from")
     todo = expand(prompts, settings.n_per_question)
     encoded = [encode(tokenizer, p)[0] for p in todo]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
+    pad = batching.pad_id(tokenizer)
+    stop = batching.stop_ids(model, tokenizer)
     device = next(model.parameters()).device
     order = sorted(range(len(todo)), key=lambda i: len(encoded[i]))
     batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
     out: dict[int, str] = {}
     for b, batch in enumerate(progress.bar(batches, desc=desc, unit="batch")):
-        width = max(len(encoded[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
+        ids, mask, _ = batching.left_pad([encoded[i] for i in batch], pad)
+        width = ids.shape[1]
         sample: dict[str, Any] = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         if settings.sampled:
             torch.manual_seed(settings.seed * 100003 + b)
@@ -123,18 +124,10 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], settings: Ge
                              max_new_tokens=settings.max_new_tokens, **sample)
         new = gen[:, width:].cpu()
         counters.add("forward_passes", int(new.shape[1]))
-        counters.add("generated_tokens", _count_tokens(new, eos))
+        counters.add("generated_tokens", batching.generated_tokens(new, stop))
         for row, i in enumerate(batch):
             out[i] = tokenizer.decode(new[row], skip_special_tokens=True).strip()
     return [out[i] for i in range(len(todo))]
-
-
-def _count_tokens(new: Tensor, eos: int | None) -> int:
-    """Tokens actually generated: up to and including the first EOS of each row (later ones are padding)."""
-    total = 0
-    for row in new.tolist():
-        total += row.index(eos) + 1 if eos is not None and eos in row else len(row)
-    return total
 
 
 def pack(texts: Sequence[str]) -> Tensor:
@@ -149,13 +142,13 @@ def unpack(t: Tensor) -> list[str]:
     return data
 
 
-def settings_for(study: Any, trait: Any) -> GenerationSettings:
+def settings_for(study: Study, trait: TraitSpec) -> GenerationSettings:
     """A trait's rollout settings (trait keys, with the study's seed and batch size)."""
     return GenerationSettings(max_new_tokens=trait.max_new_tokens, n_per_question=trait.n_per_question,
                               temperature=trait.temperature, seed=study.seed, batch_size=study.batch_size)
 
 
-def response_source(study: Any, trait: Any, precision: str) -> str:
+def response_source(study: Study, trait: TraitSpec, precision: str) -> str:
     """The precision whose responses a precision's activations read: its own, or the reference's under replay."""
     replay = trait.replay if trait.replay is not None else study.replay
     return study.reference if replay else precision
@@ -169,13 +162,13 @@ class Rollouts(NamedTuple):
     key: str
 
 
-def responses(runner: Any, model: str, precision: str, trait: Any) -> Rollouts:
+def responses(runner: CellRunner, model: str, precision: str, trait: TraitSpec) -> Rollouts:
     """Rollouts of a PV trait at ``precision``, from the ``responses/`` cache or generated once (and cached)."""
     study = runner.study
     contrast = runner.contrast(trait)
     settings = settings_for(study, trait)
     card = study.cards[model]
-    components = {"model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
+    components = {"model": card.name, "weights": card.identity, "precision": precision,
                   "precision_settings": runner.precision_settings(model, precision),
                   "dataset": contrast.content_hash(), "generation": settings.key()}
 
@@ -202,19 +195,19 @@ class RolloutInputs(NamedTuple):
     info: dict[str, Any]
 
 
-def pair_scores(judge: Any, template: str, questions: Sequence[str], pos: Sequence[str],
+def pair_scores(judge: judges.Judge, template: str, questions: Sequence[str], pos: Sequence[str],
                 neg: Sequence[str]) -> list[PairScores]:
     """PV's filter scores: the trait's eval prompt and the coherence prompt on both responses of each pair."""
     coherence = judges.load_prompt("coherence")
 
     def score(t: str, q: str, a: str) -> float | None:
-        return judge.score(t.format(question=q, answer=a)).value  # type: ignore[no-any-return]
+        return judge.score(t.format(question=q, answer=a)).value
 
     return [PairScores(score(template, q, p), score(template, q, n), score(coherence, q, p), score(coherence, q, n))
             for q, p, n in zip(progress.bar(questions, desc="judging rollouts", unit="pair"), pos, neg)]
 
 
-def judge_filter_key(runner: Any, trait: Any) -> dict[str, Any] | None:
+def judge_filter_key(runner: CellRunner, trait: TraitSpec) -> dict[str, Any] | None:
     """What the judge filter adds to the activations' cache key: the threshold and what judges."""
     if trait.judge_filter is None:
         return None
@@ -223,7 +216,7 @@ def judge_filter_key(runner: Any, trait: Any) -> dict[str, Any] | None:
             "judge_model": jset.model}
 
 
-def rollout_inputs(runner: Any, model: str, precision: str, trait: Any) -> RolloutInputs:
+def rollout_inputs(runner: CellRunner, model: str, precision: str, trait: TraitSpec) -> RolloutInputs:
     """Prompts and responses of the kept rollout pairs at ``precision`` (or the reference's, under replay).
 
     With the trait's ``judge_filter`` every pair is judged (answers cached by the judge) and PV's rule keeps the
@@ -234,12 +227,13 @@ def rollout_inputs(runner: Any, model: str, precision: str, trait: Any) -> Rollo
     r = responses(runner, model, source, trait)
     n = trait.n_per_question
     pos_p, neg_p = expand(contrast.pos, n), expand(contrast.neg, n)
-    scores = None
+    scores, threshold = None, 50.0
     if trait.judge_filter is not None:
+        threshold = trait.judge_filter
         judge = judges.study_judge(runner)
         template = contrast.eval_prompt or judges.load_prompt(trait.key)
         scores = pair_scores(judge, template, [p.messages[-1][1] for p in pos_p], r.pos, r.neg)
-    kept = kept_pairs(r.pos, r.neg, scores, threshold=trait.judge_filter if scores is not None else 50.0)
+    kept = kept_pairs(r.pos, r.neg, scores, threshold=threshold)
     info = {"responses_from": source, "responses_key": r.key, "n_pairs": len(r.pos), "kept_pairs": len(kept),
             "judge_filtered": scores is not None}
     if scores is not None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quant_harness.metrics import tensors as metrics
 from quant_harness.metrics.confidence import bootstrap_ci, judge_interval
 from quant_harness.records import CellResult
 from quant_harness.study.spec import Cell
 
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
 
-def vector_comparison(runner: Any, cell: Cell) -> CellResult:
+
+def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     """Per-layer cosine of the cell's vectors against the reference precision's, norms, massive-dim energy."""
     study, trait = runner.study, runner.study.trait(cell.trait)
     ref = runner.vectors(cell.model, study.reference, trait, cell.method)

@@ -22,14 +22,20 @@ import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from quant_harness._util import counters, files, progress
+from quant_harness import data
+from quant_harness._util import counters, progress
 from quant_harness.errors import JudgeError, PrecisionUnavailable
 from quant_harness.judge.settings import LOCAL, JudgeSettings
+from quant_harness.store import ArtefactStore, JsonCodec, key_of, legacy_json
+
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
 
 MIN_NUMERIC_MASS = 0.25
-PROMPTS_DIR = Path(__file__).resolve().parent.parent.parent / "fixtures" / "judge_prompts"
+PROMPTS_DIR = data.path("judge_prompts")
+"""The judge prompt templates shipped with the package (quant_harness/data/judge_prompts)."""
 
 REFUSAL_SUBSTRINGS = (
     "I'm sorry", "I am sorry", "I apologize", "As an AI", "As a language model", "As an assistant", "I cannot",
@@ -105,12 +111,24 @@ def score_answer(text: str, logprob_tokens: Sequence[dict[str, Any]] | None) -> 
 
 
 def load_prompt(name: str, directory: Path = PROMPTS_DIR) -> str:
-    """A judge prompt template from fixtures/judge_prompts/ (``{question}`` and ``{answer}`` placeholders)."""
+    """A judge prompt template from ``directory`` (default: the shipped ones, PROMPTS_DIR), with ``{question}`` and
+    ``{answer}`` placeholders."""
     path = directory / f"{name}.txt"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in directory.glob("*.txt"))) or "none"
         raise JudgeError(f"{path}: no judge prompt {name!r}; known: {known}")
     return path.read_text()
+
+
+def _answer(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw["content"], str) or not isinstance(raw["logprobs"], (list, type(None))):
+        raise ValueError(f"judge answer: content = {str(raw['content'])[:40]!r}: expected text (and logprobs a list "
+                         "or null)")
+    return dict(raw)
+
+
+_ANSWERS: JsonCodec[dict[str, Any]] = JsonCodec(decode=_answer)
+"""A judge answer: ``{"model", "content", "logprobs"}``; one without text or logprobs is a miss (asked again)."""
 
 
 class Judge:
@@ -121,7 +139,7 @@ class Judge:
         self.settings = settings
         self.base_url = base_url or settings.base_url
         self.model = model or settings.model
-        self.cache_dir = Path(cache_dir) / "judge"
+        self._store = ArtefactStore(Path(cache_dir))
         key = api_key if api_key is not None else os.environ.get(settings.api_key_env)
         if not key:
             raise JudgeUnavailable(f"judge {self.model} at {self.base_url}: environment variable "
@@ -141,23 +159,22 @@ class Judge:
             req["extra_body"] = {"quant_harness_number": True}
         return req
 
-    def _cache_file(self, req: dict[str, Any]) -> Path:
-        h = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
-        return self.cache_dir / h[:2] / f"{h}.json"
-
     def score(self, prompt: str) -> Score:
-        """Judge one filled prompt (from the cache when it was asked before)."""
+        """Judge one filled prompt (from the artefact store when it was asked before, by any process)."""
         req = self._request(prompt)
-        f = self._cache_file(req)
-        if f.is_file():
-            try:
-                cached = json.loads(f.read_text())
-                return score_answer(cached["content"], cached["logprobs"])
-            except (OSError, json.JSONDecodeError, KeyError):
-                f.unlink(missing_ok=True)
-        content, logprobs = self._call(req)
-        files.write_text(f, json.dumps({"model": self.model, "content": content, "logprobs": logprobs}))
-        return score_answer(content, logprobs)
+        key = key_of(req)
+
+        def ask() -> dict[str, Any]:
+            content, logprobs = self._call(req)
+            return {"model": self.model, "content": content, "logprobs": logprobs}
+
+        def before() -> tuple[dict[str, Any], Path] | None:
+            """An answer cached before the artefact store (``judge/<h[:2]>/<h>.json``, h the request's sha256)."""
+            h = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
+            return legacy_json(self._store.root / "judge" / h[:2] / f"{h}.json", None, None)
+
+        answer = self._store.get_or_build("judge", req, ask, _ANSWERS, under=key[:2], legacy=before).value
+        return score_answer(answer["content"], answer["logprobs"])
 
     def _call(self, req: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:
         import openai
@@ -255,7 +272,7 @@ def shared(s: JudgeSettings, cache_dir: Path, model_dir: Path) -> Judge:
     return _SHARED[key][1]
 
 
-def study_judge(runner: Any) -> Judge:
+def study_judge(runner: CellRunner) -> Judge:
     """The runner's study judge (its ``[judge]`` table over the runner's cache and model store), shared by steering
     cells and PV's rollout filter and started on first use, so a warm cache never starts the local server."""
     s = runner.study.judge

@@ -1,4 +1,5 @@
-"""Model cards: what a study needs to know about a model before loading it (fixtures/model_cards/*.toml)."""
+"""Model cards: what a study needs to know about a model before loading it (quant_harness/data/model_cards/*.toml
+shipped with the package, or a study's own ``cards_dir``)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,14 @@ class ModelCard:
     @property
     def has_gptq(self) -> bool:
         return self.gptq != "none"
+
+    @property
+    def identity(self) -> str:
+        """Which full-precision weights this card names: the local ``path``, else the ``embedded`` package, else the
+        ``hub_id``. It is the ``weights`` component of every cache key (activations, rollouts, SAE residuals and
+        dictionaries, benchmark scores), and the planner matches cache entries by it: one definition, so the two
+        always agree."""
+        return self.path or self.embedded or self.hub_id
 
 
 def load_card(name: str, cards_dir: Path) -> ModelCard:

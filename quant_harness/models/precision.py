@@ -14,15 +14,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from quant_harness.models.cards import ModelCard
 from quant_harness.models.embedded import materialize, save_checkpoint
+from quant_harness.models.registry import PRECISIONS, REGISTRY
 from quant_harness.errors import PrecisionUnavailable
 
-PRECISIONS = ("fp32", "fp16", "bf16", "nf4", "int8", "gptq")
-FULL = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FULL = {p.name: p.dtype for p in REGISTRY.values() if p.kind == "full"}
+"""Full precisions -> the torch dtype they load in (from the registry)."""
 GPTQ_BITS = 4
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,9 @@ _DEFAULT_CALIBRATION = [
 class LoadedModel:
     """A resident model at one precision, with what reports need to describe it."""
 
-    model: Any
-    tokenizer: Any
+    model: PreTrainedModel
+    """The causal LM (``AutoModelForCausalLM``), in eval mode, quantized as ``precision`` says."""
+    tokenizer: PreTrainedTokenizerBase
     model_name: str
     precision: str
     source: str
@@ -63,14 +69,19 @@ class LoadedModel:
 
 def unavailable_reason(precision: str) -> str | None:
     """Why ``precision`` cannot run here, or None. Checks packages without importing them (no CUDA touch)."""
-    if precision in ("nf4", "int8"):
+    spec = REGISTRY.get(precision)
+    if spec is None:
+        return None
+    if spec.needs_cuda and not _cuda_available():
+        return f"{precision} needs a CUDA device"
+    if spec.kind == "bnb":
         if importlib.util.find_spec("bitsandbytes") is None:
             return f"{precision} needs bitsandbytes; install with: pip install 'bitsandbytes>=0.46.1'"
         version = importlib.metadata.version("bitsandbytes")
         major, minor = (int(x) for x in version.split(".")[:2])
         if (major, minor) < (0, 46) and not _cuda_available():
             return f"{precision} on CPU needs bitsandbytes>=0.46 (found {version}) or a CUDA device"
-    if precision == "gptq":
+    if spec.kind == "gptq":
         missing = [p for p in ("gptqmodel", "optimum") if importlib.util.find_spec(p) is None]
         if missing:
             return f"gptq needs {' and '.join(missing)}; install with: pip install {' '.join(missing)}"
@@ -101,7 +112,7 @@ def calibration_hash(texts: list[str]) -> str:
 
 
 def load(
-    card: Any,
+    card: ModelCard,
     precision: str,
     *,
     model_dir: Path,
@@ -160,7 +171,7 @@ def load(
     return LoadedModel(model, tokenizer, card.name, precision, source, time.perf_counter() - t0, device, notes)
 
 
-def weights_source(card: Any, model_dir: Path) -> str:
+def weights_source(card: ModelCard, model_dir: Path) -> str:
     """Where the full-precision weights come from: a local path, the embedded package, or the hub id."""
     if card.path:
         return str(card.path)
@@ -169,7 +180,7 @@ def weights_source(card: Any, model_dir: Path) -> str:
     return str(card.hub_id)
 
 
-def quantize_gptq(card: Any, source: str, model_dir: Path, calibration: list[str]) -> Path:
+def quantize_gptq(card: ModelCard, source: str, model_dir: Path, calibration: list[str]) -> Path:
     """Quantize ``source`` to GPTQ 4-bit with gptqmodel once per calibration set, and keep the checkpoint."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig

@@ -4,7 +4,8 @@ The top of the import graph: nothing imports this module. Its parts sit below it
 ``options`` (options, ini keys, folders), ``state`` (per-process records and counters), ``fixtures`` (re-exported
 here, which is how pytest finds them), ``reports`` (baselines, pytest-html, derived reports), ``scale`` (GPU slots,
 shards, the plan) and ``xdist`` (hooks that exist only with pytest-xdist). This package is the only place that
-imports pytest, with the xdist scheduler it registers (quant_harness.scale.xdist_scheduler).
+imports pytest, with the xdist scheduler it registers (quant_harness.scale.xdist_scheduler). May import: every
+other package; nothing imports it.
 
 Nothing here imports bitsandbytes, gptqmodel or transformers at import time, so a worker can pin its GPUs first.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator
+from typing import TYPE_CHECKING, Callable, Generator
 
 import pytest
 
@@ -13,6 +13,10 @@ from quant_harness.plugin.options import cache_dir, model_dir
 from quant_harness.records import CellResult
 from quant_harness.study.kinds import KINDS
 from quant_harness.study.spec import Cell, Study
+
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
+    from quant_harness.runner import StudyRunner
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +29,7 @@ def quant_study(pytestconfig: pytest.Config) -> Study:
 
 
 @pytest.fixture(scope="session")
-def quant_runner(pytestconfig: pytest.Config, quant_study: Study) -> Generator[Any, None, None]:
+def quant_runner(pytestconfig: pytest.Config, quant_study: Study) -> Generator[StudyRunner, None, None]:
     """The per-process StudyRunner: resident models and the activation cache."""
     from quant_harness.runner import StudyRunner
 
@@ -36,7 +40,7 @@ def quant_runner(pytestconfig: pytest.Config, quant_study: Study) -> Generator[A
 
 
 @pytest.fixture
-def cell_result(cell: Cell, quant_runner: Any) -> CellResult:
+def cell_result(cell: Cell, quant_runner: CellRunner) -> CellResult:
     """The cell's measured result. Errors here (NaN, zero vector, bad data) make the cell an ERROR, not a verdict."""
     try:
         return KINDS[cell.kind].run(quant_runner, cell)

@@ -13,7 +13,7 @@ import pytest
 from quant_harness.plugin.keys import STATE
 from quant_harness.plugin.options import cache_dir, report_dir
 from quant_harness.report import baselines
-from quant_harness.records import CellResult
+from quant_harness.records import CellResult, Record
 from quant_harness.study.kinds import all_cells
 from quant_harness.study.spec import Study
 
@@ -52,7 +52,7 @@ class ReportHooks:
                 item.add_report_section("call", "baseline", note)
         return check.regressions
 
-    def extras(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+    def extras(self, record: Record) -> list[dict[str, Any]]:
         """The cell's HTML block for pytest-html, built on the worker that ran the cell (plots in parallel)."""
         if not self.config.getoption("htmlpath", None):
             return []

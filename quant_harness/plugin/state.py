@@ -12,6 +12,7 @@ import pytest
 from quant_harness._util import counters
 from quant_harness.plugin.keys import STUDY
 from quant_harness.plugin.options import report_dir
+from quant_harness.records import Record
 from quant_harness.report import matrices as reporting
 
 
@@ -20,7 +21,7 @@ class RunState:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.records: list[dict[str, Any]] = []
+        self.records: list[Record] = []
         self.worker_counters: list[dict[str, Any]] = []
         self.runner_started = False
 

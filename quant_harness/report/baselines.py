@@ -14,11 +14,14 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from quant_harness._util import files
 from quant_harness._util.validate import SectionContext
 from quant_harness.errors import StudyError
+
+if TYPE_CHECKING:
+    from quant_harness.records import Record
 
 VERSION_KEYS = ("torch", "transformers", "bitsandbytes", "gptqmodel", "lm_eval", "scikit-learn")
 _LOWER_IS_BETTER = ("degradation", "drop", "error", "loss")
@@ -99,7 +102,7 @@ def _number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def snapshot(record: dict[str, Any]) -> dict[str, Any]:
+def snapshot(record: Record) -> dict[str, Any]:
     """What a baseline file holds: scalar figures (rounded for diffs), verdict, and the library versions."""
     figs = {k: round(float(v), 6) for k, v in sorted(record.get("figures", {}).items()) if _number(v)}
     vers = record.get("provenance", {}).get("versions", {})
@@ -129,7 +132,7 @@ class Baselines:
     def path(self, kind: str, cell_id: str) -> Path:
         return self.folder / kind / f"{cell_id}.json"
 
-    def check(self, record: dict[str, Any]) -> Check:
+    def check(self, record: Record) -> Check:
         """Compare a cell's figures with its baseline; warns (BaselineVersionWarning) when versions differ."""
         if self.update:
             return Check("updating")
@@ -180,7 +183,7 @@ class Baselines:
         owned = {self.path(kind, cid) for kind, cid in cells}
         return [p for p in self.stored() if p not in owned]
 
-    def write(self, records: Iterable[dict[str, Any]]) -> list[Path]:
+    def write(self, records: Iterable[Record]) -> list[Path]:
         written = []
         for r in records:
             path = self.path(r["kind"], r["cell_id"])
@@ -188,7 +191,7 @@ class Baselines:
             written.append(path)
         return written
 
-    def finish(self, records: list[dict[str, Any]], cells: Iterable[tuple[str, str]]) -> tuple[list[str], bool]:
+    def finish(self, records: list[Record], cells: Iterable[tuple[str, str]]) -> tuple[list[str], bool]:
         """At session end on the controller: flush queued writes (update) or report unused/missing baselines.
 
         Returns the summary lines and whether the run must fail (unused baselines outside an update).

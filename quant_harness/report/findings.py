@@ -7,6 +7,7 @@ import statistics
 import time
 from typing import Any
 
+from quant_harness.records import Record
 from quant_harness.report import plots
 from quant_harness.study.ids import split_cell_id
 
@@ -17,8 +18,8 @@ def _f(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def _by_kind(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def _by_kind(records: list[Record]) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
     for r in records:
         out.setdefault(str(r.get("kind", "?")), []).append(r)
     return out
@@ -48,12 +49,12 @@ def _paired_section(rank: dict[str, Any], key: str, better: str, missing: str) -
     return "; ".join(answers), lines
 
 
-def _h1(kinds: dict[str, list[dict[str, Any]]]) -> tuple[str, list[str]]:
+def _h1(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
     recs = kinds.get("vectors", [])
     if not recs:
         return "not measured: no vector cells in vector_comparison.json (run `pytest cases -k vector`)", []
     lines, below = [], 0
-    by_prec: dict[str, list[dict[str, Any]]] = {}
+    by_prec: dict[str, list[Record]] = {}
     for r in recs:
         by_prec.setdefault(split_cell_id(r["cell_id"], r).precision, []).append(r)
     for p in sorted(by_prec, key=plots.precision_key):
@@ -69,7 +70,7 @@ def _h1(kinds: dict[str, list[dict[str, Any]]]) -> tuple[str, list[str]]:
     return f"{answer}: {below} of {len(recs)} vector cells have a mean cosine below 0.999", lines
 
 
-def _kind_summary(recs: list[dict[str, Any]]) -> list[str]:
+def _kind_summary(recs: list[Record]) -> list[str]:
     by_prec: dict[str, list[float]] = {}
     for r in recs:
         by_prec.setdefault(split_cell_id(r["cell_id"], r).precision, []).append(float(r["value"]))
@@ -78,7 +79,7 @@ def _kind_summary(recs: list[dict[str, Any]]) -> list[str]:
             for p, v in sorted(by_prec.items(), key=lambda x: plots.precision_key(x[0]))]
 
 
-def _h2(kinds: dict[str, list[dict[str, Any]]]) -> tuple[str, list[str]]:
+def _h2(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
     recs = [r for k in _STEERING_KINDS for r in kinds.get(k, [])]
     if not recs:
         return ("not measured: steering_comparison.json has no steering records; needs steering cells "
@@ -114,7 +115,7 @@ def _h5(rank: dict[str, Any]) -> tuple[str, list[str]]:
     return "see figures (degradation by size within a family)", lines
 
 
-def _h7(kinds: dict[str, list[dict[str, Any]]]) -> tuple[str, list[str]]:
+def _h7(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
     recs = kinds.get("transfer", [])
     if not recs:
         return ("not measured: no transfer records; needs cells that steer quantized models with "
@@ -122,7 +123,7 @@ def _h7(kinds: dict[str, list[dict[str, Any]]]) -> tuple[str, list[str]]:
     return "measured (see figures)", _kind_summary(recs)
 
 
-def _coverage(records: list[dict[str, Any]], run: dict[str, Any]) -> list[str]:
+def _coverage(records: list[Record], run: dict[str, Any]) -> list[str]:
     names = [split_cell_id(r["cell_id"], r) for r in records]
     models = sorted({n.model for n in names})
     precs = sorted({n.precision for n in names}, key=plots.precision_key)
@@ -143,7 +144,7 @@ def _coverage(records: list[dict[str, Any]], run: dict[str, Any]) -> list[str]:
     ]
 
 
-def _caveats(records: list[dict[str, Any]]) -> list[str]:
+def _caveats(records: list[Record]) -> list[str]:
     notes = sorted({str(n) for r in records for n in r.get("provenance", {}).get("notes") or []})
     out = [f"- {n}" for n in notes]
     judges = sorted({str(r.get("provenance", {}).get("judge")) for k in _STEERING_KINDS
@@ -166,7 +167,7 @@ def _caveats(records: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def render(records: list[dict[str, Any]], rank: dict[str, Any], run: dict[str, Any]) -> str:
+def render(records: list[Record], rank: dict[str, Any], run: dict[str, Any]) -> str:
     """The findings page as Markdown."""
     kinds = _by_kind(records)
     hyps = [

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from quant_harness.records import Record
 from quant_harness.report import plots
 from quant_harness.report.matrices import matrix_file
 from quant_harness.study.ids import split_cell_id
@@ -47,18 +48,18 @@ def legend() -> str:
         f'<span style="background:{c}">{k}</span>' for k, c in COLOURS.items()) + "</div>"
 
 
-def _ci(record: dict[str, Any]) -> str:
+def _ci(record: Record) -> str:
     figs, metric = record.get("figures", {}), record.get("metric", "")
     lo, hi = figs.get(f"{metric}_ci_low"), figs.get(f"{metric}_ci_high")
     return f" [{lo:.3f}, {hi:.3f}]" if isinstance(lo, float) and isinstance(hi, float) else ""
 
 
-def summary_table(records: list[dict[str, Any]], *, with_style: bool = True) -> str:
+def summary_table(records: list[Record], *, with_style: bool = True) -> str:
     """One table per result matrix: rows model x trait/method (or benchmark), columns precisions, cells coloured
     by verdict with the headline figure and its confidence interval; the explanation is the cell's tooltip."""
     if not records:
         return '<div class="qh-summary"><p>No cell recorded a result in this run.</p></div>'
-    by_file: dict[str, list[dict[str, Any]]] = {}
+    by_file: dict[str, list[Record]] = {}
     for r in records:
         by_file.setdefault(matrix_file(str(r.get("kind", "?"))), []).append(r)
     parts = [f"<style>{STYLE}</style>" if with_style else "", '<div class="qh-summary" id="quant-summary">',
@@ -66,7 +67,7 @@ def summary_table(records: list[dict[str, Any]], *, with_style: bool = True) -> 
     for file, recs in sorted(by_file.items()):
         names = {id(r): split_cell_id(r["cell_id"], r) for r in recs}
         precisions = sorted({n.precision for n in names.values()}, key=plots.precision_key)
-        rows: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+        rows: dict[tuple[str, str, str], dict[str, Record]] = {}
         for r in recs:
             n = names[id(r)]
             rows.setdefault((n.model, str(r.get("kind", "")), n.subject), {})[n.precision] = r
@@ -79,20 +80,20 @@ def summary_table(records: list[dict[str, Any]], *, with_style: bool = True) -> 
         for (model, kind, subject), cells in sorted(rows.items()):
             tds = []
             for p in precisions:
-                r = cells.get(p)
-                if r is None:
+                c = cells.get(p)
+                if c is None:
                     tds.append("<td>-</td>")
                     continue
-                v = str(r.get("verdict", ""))
-                tds.append(f'<td style="background:{COLOURS.get(v, "#fff")}" title="{_e(r.get("explanation", ""))}">'
-                           f'{_e(_fmt(r.get("value")))}{_e(_ci(r))} <span class="qh-v">{_e(v)}</span></td>')
+                v = str(c.get("verdict", ""))
+                tds.append(f'<td style="background:{COLOURS.get(v, "#fff")}" title="{_e(c.get("explanation", ""))}">'
+                           f'{_e(_fmt(c.get("value")))}{_e(_ci(c))} <span class="qh-v">{_e(v)}</span></td>')
             parts.append(f"<tr><td>{_e(model)}</td><td>{_e(kind)}</td><td>{_e(subject)}</td>{''.join(tds)}</tr>")
         parts.append("</table>")
     parts.append("</div>")
     return "".join(parts)
 
 
-def _responses(record: dict[str, Any], limit: int = 3) -> list[dict[str, Any]]:
+def _responses(record: Record, limit: int = 3) -> list[dict[str, Any]]:
     """Steered responses a record carries: any figure that is a list of dicts with a ``response``."""
     for value in record.get("figures", {}).values():
         if isinstance(value, list) and value and all(isinstance(x, dict) and "response" in x for x in value):
@@ -100,7 +101,7 @@ def _responses(record: dict[str, Any], limit: int = 3) -> list[dict[str, Any]]:
     return []
 
 
-def cell_block(record: dict[str, Any], plot_list: list[plots.Plot] | None = None) -> str:
+def cell_block(record: Record, plot_list: list[plots.Plot] | None = None) -> str:
     """One cell: verdict, explanation, scalar figures, plots and up to three steered responses."""
     v = str(record.get("verdict", ""))
     figs = {k: x for k, x in record.get("figures", {}).items() if isinstance(x, (int, float, str, bool))}
@@ -125,7 +126,7 @@ def cell_block(record: dict[str, Any], plot_list: list[plots.Plot] | None = None
     return "".join(out)
 
 
-def extras(record: dict[str, Any], cache_dir: Path | None = None) -> list[dict[str, Any]]:
+def extras(record: Record, cache_dir: Path | None = None) -> list[dict[str, Any]]:
     """pytest-html extras for a cell (the dict ``pytest_html.extras.html`` builds, made here without importing it);
     with ``cache_dir`` the plots are read from (or drawn into) its plot cache."""
     plot_list = plots.cell_plots_cached(record, cache_dir) if cache_dir is not None else None
@@ -133,9 +134,9 @@ def extras(record: dict[str, Any], cache_dir: Path | None = None) -> list[dict[s
              "mime_type": None, "extension": None}]
 
 
-def summary_page(records: list[dict[str, Any]], run: dict[str, Any]) -> str:
+def summary_page(records: list[Record], run: dict[str, Any]) -> str:
     """reports/summary.html: the summary table and, per model x trait/method, the plots across precisions."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[Record]] = {}
     for r in records:
         n = split_cell_id(r["cell_id"], r)
         groups.setdefault((str(r.get("kind", "")), n.model, n.subject), []).append(r)

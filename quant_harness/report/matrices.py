@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from quant_harness._util import counters, files
+from quant_harness.records import Record, as_record
 from quant_harness.study.kinds import KINDS
 
 MATRICES = {name: spec.matrix for name, spec in KINDS.items()}
@@ -25,7 +26,7 @@ def matrix_file(kind: str) -> str:
     return MATRICES.get(kind, f"{kind}_comparison.json")
 
 
-def record_key(record: dict[str, Any]) -> str:
+def record_key(record: Record) -> str:
     """A record's key in its matrix: the cell id, prefixed with the kind when the file is named after another kind.
 
     steering, logit_diff, transfer and refusal cells share steering_comparison.json and may share cell ids.
@@ -39,25 +40,26 @@ def write_json(path: Path, data: Any) -> None:
     files.write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_matrix(path: Path) -> dict[str, Any]:
+def read_matrix(path: Path) -> dict[str, Record]:
+    """The records of one matrix file by key (empty when the file is missing or not JSON)."""
     if not path.is_file():
         return {}
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
         return {}
-    return dict(data.get("records", {}))
+    return {k: as_record(r) for k, r in data.get("records", {}).items()}
 
 
-def _write_matrix(path: Path, records: dict[str, Any]) -> None:
+def _write_matrix(path: Path, records: dict[str, Record]) -> None:
     kinds = sorted({r.get("kind", "?") for r in records.values()})
     write_json(path, {"schema_version": 1, "kind": kinds[0] if len(kinds) == 1 else kinds,
                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "records": dict(sorted(records.items()))})
 
 
-def merge_records(results_dir: Path, records: Iterable[dict[str, Any]]) -> list[Path]:
+def merge_records(results_dir: Path, records: Iterable[Record]) -> list[Path]:
     """Update each matrix with these records; cells of other runs (other ``-k`` slices, shards) are kept."""
-    by_file: dict[str, list[dict[str, Any]]] = {}
+    by_file: dict[str, list[Record]] = {}
     for r in records:
         by_file.setdefault(matrix_file(r["kind"]), []).append(r)
     written = []
@@ -74,9 +76,9 @@ def matrix_paths(results_dir: Path) -> list[Path]:
     return sorted(p for p in results_dir.glob("*.json") if p.name not in DERIVED)
 
 
-def load_records(results_dir: Path) -> list[dict[str, Any]]:
+def load_records(results_dir: Path) -> list[Record]:
     """Every cell record of every matrix in ``results_dir``, in a stable order."""
-    out: list[dict[str, Any]] = []
+    out: list[Record] = []
     for path in matrix_paths(results_dir):
         out += [r for _, r in sorted(read_matrix(path).items())]
     return out

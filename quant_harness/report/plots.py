@@ -15,22 +15,22 @@ Uses matplotlib's object API on the Agg canvas: no pyplot state, no display, saf
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
-import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from quant_harness._util import files
+from quant_harness.errors import CacheError
+from quant_harness.store import FILES, META, ArtefactStore
+from quant_harness.models.registry import display_key
+from quant_harness.records import Record
 from quant_harness.study.ids import split_cell_id
 from quant_harness.metrics.verdicts import DEFAULT_BANDS
 
 REFERENCE_SUFFIX = "_reference"
-_PRECISION_ORDER = ("fp32", "bf16", "fp16", "int8", "nf4", "gptq")
 
 
 class Plot(NamedTuple):
@@ -72,10 +72,11 @@ def _bands(ax: Any, name: str) -> None:
 
 
 def precision_key(p: str) -> tuple[int, str]:
-    return (_PRECISION_ORDER.index(p) if p in _PRECISION_ORDER else len(_PRECISION_ORDER), p)
+    """Report order of precisions (the registry's ``display_order``); unknown names last."""
+    return display_key(p)
 
 
-def per_layer_names(record: dict[str, Any]) -> list[str]:
+def per_layer_names(record: Record) -> list[str]:
     """Per-layer figures to plot: every name except the ``_reference`` partners, which are drawn beside them."""
     names = list(record.get("per_layer", {}))
     return [n for n in names if not (n.endswith(REFERENCE_SUFFIX) and n[: -len(REFERENCE_SUFFIX)] in names)]
@@ -134,7 +135,7 @@ def _is_bars(v: Any) -> bool:
     return isinstance(v, dict) and bool(v) and not _is_series(v) and _finite(v.values())
 
 
-def cell_plots(record: dict[str, Any]) -> list[Plot]:
+def cell_plots(record: Record) -> list[Plot]:
     """The plots of one cell: its per-layer curves (with the reference's), series and bar figures."""
     out: list[Plot | None] = []
     layers, per_layer = list(record.get("layers", [])), record.get("per_layer", {})
@@ -152,28 +153,40 @@ def cell_plots(record: dict[str, Any]) -> list[Plot]:
     return [p for p in out if p is not None]
 
 
-def cell_plots_cached(record: dict[str, Any], cache_dir: Path) -> list[Plot]:
-    """``cell_plots`` memoized on disk by the fields they are drawn from, so a warm re-run draws nothing (drawing is
-    most of a warm run's time: ~0.15 s a PNG, two per cell)."""
+def cell_plots_cached(record: Record, cache_dir: Path) -> list[Plot]:
+    """``cell_plots`` memoized in the artefact store (kind ``plots``) by the fields they are drawn from, so a warm
+    re-run draws nothing (drawing is most of a warm run's time: ~0.15 s a PNG, two per cell)."""
     drawn_from = {k: record.get(k) for k in ("cell_id", "kind", "layers", "per_layer", "figures")}
-    key = hashlib.sha256(json.dumps(drawn_from, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    f = cache_dir / "plots" / f"{key}.json"
-    if f.is_file():
+    return ArtefactStore(cache_dir).get_or_build("plots", drawn_from, lambda: cell_plots(record), _PNGS).value
+
+
+class _PngCodec:
+    """Plots as PNG files a person can open (``00.png``, ...), their titles in the entry's meta.json."""
+
+    name = "png"
+
+    def write(self, value: list[Plot], folder: Path) -> dict[str, Any]:
+        names = [f"{i:02d}.png" for i in range(len(value))]
+        FILES.write(dict(zip(names, (p.png for p in value))), folder)
+        return {"titles": [[n, p.title] for n, p in zip(names, value)]}
+
+    def read(self, folder: Path, meta: Mapping[str, Any]) -> list[Plot]:
         try:
-            return [Plot(title, base64.b64decode(png)) for title, png in json.loads(f.read_text())]
-        except (OSError, ValueError, TypeError):
-            f.unlink(missing_ok=True)
-    out = cell_plots(record)
-    files.write_text(f, json.dumps([[p.title, p.b64()] for p in out]))
-    return out
+            return [Plot(str(title), (folder / name).read_bytes()) for name, title in meta["titles"]]
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            raise CacheError(f"{folder / META}: titles = {meta.get('titles')!r}: expected [file, title] pairs "
+                             f"({e})") from e
 
 
-def split_precision(record: dict[str, Any]) -> str:
+_PNGS = _PngCodec()
+
+
+def split_precision(record: Record) -> str:
 
     return split_cell_id(str(record.get("cell_id", "")), record).precision
 
 
-def group_plots(title: str, records: list[dict[str, Any]]) -> list[Plot]:
+def group_plots(title: str, records: list[Record]) -> list[Plot]:
     """The plots of one model x subject across precisions: per-layer lines per precision, else headline bars."""
 
     recs = sorted(records, key=lambda r: precision_key(split_cell_id(r["cell_id"], r).precision))

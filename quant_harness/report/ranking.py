@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quant_harness.metrics.confidence import bootstrap_ci
+from quant_harness.records import Record
 from quant_harness.study.ids import split_cell_id
 
 _LOWER_IS_BETTER = ("degradation", "drop", "error", "loss")
@@ -24,7 +25,7 @@ MEASURE = ("degradation of the headline figure: 1 - value for figures where 1 is
            "correlation, overlap, accuracy), the value itself for drops and degradations; lower is more robust")
 
 
-def degradation(record: dict[str, Any]) -> float | None:
+def degradation(record: Record) -> float | None:
     """How far a cell is from its reference on a 0-is-perfect scale, or None when the metric has no direction."""
     metric, value = str(record.get("metric", "")), record.get("value")
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -41,14 +42,15 @@ def method_of(subject: str) -> str:
     return tail if head and tail in METHOD_NAMES else ""
 
 
-def _card_info(model: str, record: dict[str, Any], cards_dir: Path | None) -> dict[str, Any]:
+def _card_info(model: str, record: Record, cards_dir: Path | None) -> dict[str, Any]:
     info = dict(record.get("provenance", {}).get("model_card") or {})
     if info.get("family") and cards_dir is None:
         return info
+    from quant_harness import data
     from quant_harness.models.cards import load_card
     from quant_harness.errors import StudyError
 
-    folder = cards_dir or Path(__file__).resolve().parent.parent.parent / "fixtures" / "model_cards"
+    folder = cards_dir or data.path("model_cards")
     try:
         card = load_card(model, folder)
     except StudyError:
@@ -80,7 +82,7 @@ def _paired(items: list[tuple[str, str, float]], a: str, b: str) -> dict[str, An
             "n_pairs": len(diffs), "b_more_robust": ci.high < 0, "a_more_robust": ci.low > 0}
 
 
-def rank_kind(records: list[dict[str, Any]], cards_dir: Path | None = None) -> dict[str, Any]:
+def rank_kind(records: list[Record], cards_dir: Path | None = None) -> dict[str, Any]:
     """Rankings over the records of one kind."""
     methods: dict[str, list[float]] = {}
     models: dict[str, list[float]] = {}
@@ -125,9 +127,9 @@ def rank_kind(records: list[dict[str, Any]], cards_dir: Path | None = None) -> d
     }
 
 
-def rank(records: list[dict[str, Any]], *, cards_dir: Path | None = None) -> dict[str, Any]:
+def rank(records: list[Record], *, cards_dir: Path | None = None) -> dict[str, Any]:
     """robustness_ranking.json: per kind, methods/models/families/precisions ranked by mean degradation."""
-    by_kind: dict[str, list[dict[str, Any]]] = {}
+    by_kind: dict[str, list[Record]] = {}
     for r in sorted(records, key=lambda x: (str(x.get("kind")), str(x.get("cell_id")))):
         by_kind.setdefault(str(r.get("kind", "?")), []).append(r)
     return {"schema_version": 1, "measure": MEASURE, "seed": SEED,

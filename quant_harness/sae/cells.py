@@ -2,41 +2,41 @@
 
 Residuals are read per token (not averaged) on the ``[sae]`` texts, written raw (no chat template), with the first
 token left out: it is the attention sink, whose norm dwarfs every other token's. They go through the runner's
-activation cache like every other activation, so a warm re-run loads no model. Trained dictionaries are cached as
-bundle folders under ``<cache>/sae/dictionaries/`` keyed by everything that shapes them.
+activation cache like every other activation, so a warm re-run loads no model. Trained dictionaries are artefacts
+of the store (bundle folders under ``<cache>/sae/dictionaries/``), keyed by everything that shapes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from filelock import FileLock
 from torch import Tensor
 
-from quant_harness.extract import activations
+from quant_harness.extract import activations, batching
 from quant_harness._util import counters, progress
 from quant_harness.metrics import tensors as metrics
 from quant_harness.metrics.confidence import bootstrap_ci, judge_interval
 from quant_harness.errors import BundleError, CellError, DatasetError
 from quant_harness.records import CellResult, provenance, versions
-from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle
+from quant_harness.store import ArtefactStore, DirectoryCodec, key_of
+from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle, tensors_of
 from quant_harness.sae.settings import Dictionary, SaeSettings
 from quant_harness.sae.train import evaluate, train_sae
 from quant_harness.runner import EMBEDDED_NOTE
-from quant_harness.study.spec import Cell
+from quant_harness.study.spec import Cell, Study
+
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
 
 SKIP_FIRST = 1
 """Tokens left out at the start of every text (the attention sink)."""
 
 
-def _settings(study: Any) -> SaeSettings:
+def _settings(study: Study) -> SaeSettings:
     if study.sae is None:
         raise CellError("the study has no [sae] table")
     settings: SaeSettings = study.sae
@@ -75,7 +75,7 @@ def token_activations(model: Any, tokenizer: Any, texts: Sequence[str], layers: 
     if short:
         raise DatasetError(f"text {short[0]} has {len(ids[short[0]])} token(s); needs more than {SKIP_FIRST}")
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = batching.pad_id(tokenizer)
     captured: dict[int, Tensor] = {}
 
     def hook(layer: int) -> Any:
@@ -89,12 +89,7 @@ def token_activations(model: Any, tokenizer: Any, texts: Sequence[str], layers: 
     try:
         for start in progress.bar(range(0, len(ids), batch_size), desc="sae residuals", unit="batch"):
             batch = ids[start:start + batch_size]
-            width = max(len(x) for x in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, x in enumerate(batch):
-                input_ids[r, :len(x)] = torch.tensor(x)
-                mask[r, :len(x)] = 1
+            input_ids, mask, _ = batching.right_pad(batch, pad)
             model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
             counters.add("forward_passes")
             for r, x in enumerate(batch):
@@ -107,7 +102,7 @@ def token_activations(model: Any, tokenizer: Any, texts: Sequence[str], layers: 
     return torch.cat(rows), torch.tensor(owner, dtype=torch.long)
 
 
-def residuals(runner: Any, model: str, precision: str, split: str) -> tuple[Tensor, Tensor, list[int]]:
+def residuals(runner: CellRunner, model: str, precision: str, split: str) -> tuple[Tensor, Tensor, list[int]]:
     """Cached per-token residuals of one split at every ``[sae]`` layer: (acts, text index per token, layers)."""
     s = _settings(runner.study)
     texts = load_texts(s.texts)[split]
@@ -115,7 +110,7 @@ def residuals(runner: Any, model: str, precision: str, split: str) -> tuple[Tens
     layers = list(s.layers)
     v = versions()
     components = {
-        "model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": precision,
+        "model": card.name, "weights": card.identity, "precision": precision,
         "precision_settings": runner.precision_settings(model, precision), "texts": _hash(texts),
         "layers": layers, "tokens": f"raw text, first {SKIP_FIRST} dropped",
         "layer_convention": activations.LAYER_CONVENTION,
@@ -131,57 +126,60 @@ def residuals(runner: Any, model: str, precision: str, split: str) -> tuple[Tens
     return entry.tensors["acts"], entry.tensors["text"].long(), layers
 
 
-def dictionary(runner: Any, model: str, d: Dictionary, layer: int) -> tuple[Bundle, dict[str, Any]]:
+def dictionary(runner: CellRunner, model: str, d: Dictionary, layer: int) -> tuple[Bundle, dict[str, Any]]:
     """The dictionary's bundle for one layer (trained and cached on first use) and its training report."""
     card = runner.study.cards[model]
     if d.path is not None:
         return load_bundle(d.path, layer, layout=d.layout, d_model=card.hidden_size), {"path": str(d.path)}
-    if d.train is None:
+    train = d.train
+    if train is None:
         raise CellError(f"dictionary {d.name} has neither a path nor training settings")
     ref = runner.study.reference
     acts, _, layers = residuals(runner, model, ref, "train")
-    key = _hash({"model": card.name, "weights": card.path or card.embedded or card.hub_id, "precision": ref,
-                 "precision_settings": runner.precision_settings(model, ref), "layer": layer,
-                 "texts": _hash(load_texts(_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
-                 "train": d.train.as_dict(), "torch": versions()["torch"]})
-    folder = Path(runner.cache.root) / "sae" / "dictionaries" / model / f"{d.name}-L{layer}-{key}"
-    with FileLock(str(folder) + ".lock"):
-        cached = _cached_bundle(folder, layer, card.hidden_size)
-        if cached is None:
-            counters.add("cache_misses")
-            progress.note(f"quant_harness: training SAE {d.name} on {model}/{ref} layer {layer} ...")
-            x = acts[:, layers.index(layer)]
-            tensors = train_sae(x, d.train)
-            eval_acts, _, _ = residuals(runner, model, ref, "eval")
-            report = {"train": evaluate(tensors, x, what="train residuals"),
-                      "eval": evaluate(tensors, eval_acts[:, layers.index(layer)], what="eval residuals"),
-                      "settings": d.train.as_dict(), "model": model, "precision": ref, "layer": layer}
-            tmp = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp"
-            save_bundle(tensors, tmp, layer, {"activation": "relu", "model": model, "layer": str(layer),
-                                              "hook": activations.LAYER_CONVENTION, "trainer": "quant_harness"})
-            (tmp / "report.json").write_text(json.dumps(report, indent=2))
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)
-            progress.note(f"quant_harness: SAE {d.name} L{layer}: eval fvu {report['eval']['fvu']:.3f} "
-                          f"(mean baseline 1), dead {report['train']['dead_share']:.1%}")
-            cached = _cached_bundle(folder, layer, card.hidden_size)
-            if cached is None:
-                raise CellError(f"{folder}: the dictionary just trained cannot be read back")
-        else:
-            counters.add("cache_hits")
-    return cached
+    components = {"model": card.name, "weights": card.identity, "precision": ref,
+                  "precision_settings": runner.precision_settings(model, ref), "layer": layer,
+                  "texts": _hash(load_texts(_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
+                  "train": train.as_dict(), "torch": versions()["torch"]}
+    cfg = {"activation": "relu", "model": model, "layer": str(layer), "hook": activations.LAYER_CONVENTION,
+           "trainer": "quant_harness"}
+
+    def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
+        progress.note(f"quant_harness: training SAE {d.name} on {model}/{ref} layer {layer} ...")
+        x = acts[:, layers.index(layer)]
+        tensors = train_sae(x, train)
+        eval_acts, _, _ = residuals(runner, model, ref, "eval")
+        report: dict[str, Any] = {
+            "train": evaluate(tensors, x, what="train residuals"),
+            "eval": evaluate(tensors, eval_acts[:, layers.index(layer)], what="eval residuals"),
+            "settings": train.as_dict(), "model": model, "precision": ref, "layer": layer}
+        progress.note(f"quant_harness: SAE {d.name} L{layer}: eval fvu {report['eval']['fvu']:.3f} "
+                      f"(mean baseline 1), dead {report['train']['dead_share']:.1%}")
+        return tensors, report
+
+    def before() -> tuple[tuple[dict[str, Tensor], dict[str, Any]], Path] | None:
+        """A dictionary trained before the artefact store (``<name>-L<layer>-<key[:16]>/``): adopted, not retrained."""
+        old = Path(runner.cache.root, "sae", "dictionaries", model, f"{d.name}-L{layer}-{key_of(components)[:16]}")
+        try:
+            return (tensors_of(load_bundle(old, layer, d_model=card.hidden_size)),
+                    json.loads((old / _REPORT).read_text())), old
+        except (BundleError, OSError, json.JSONDecodeError):
+            return None
+
+    def save(value: tuple[dict[str, Tensor], dict[str, Any]], folder: Path) -> None:
+        save_bundle(value[0], folder, layer, cfg)
+        (folder / _REPORT).write_text(json.dumps(value[1], indent=2))
+
+    def load(folder: Path) -> tuple[Bundle, dict[str, Any]]:
+        return load_bundle(folder, layer, d_model=card.hidden_size), json.loads((folder / _REPORT).read_text())
+
+    codec = DirectoryCodec("sae_dictionary", save, load, damaged=(BundleError, OSError, ValueError))
+    store = ArtefactStore(Path(runner.cache.root))
+    return store.get_or_build("sae/dictionaries", components, build, codec, under=f"{model}/{d.name}-L{layer}",
+                              legacy=before).value
 
 
-def _cached_bundle(folder: Path, layer: int, d_model: int) -> tuple[Bundle, dict[str, Any]] | None:
-    """A trained dictionary from the cache, or None; an unreadable one is reported and removed (then retrained)."""
-    if not (folder / "report.json").is_file():
-        return None
-    try:
-        return load_bundle(folder, layer, d_model=d_model), json.loads((folder / "report.json").read_text())
-    except (BundleError, OSError, json.JSONDecodeError) as e:
-        progress.note(f"cache: dictionary {folder} is unusable ({e}); retraining")
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
+_REPORT = "report.json"
+"""The training report beside a trained dictionary's bundle."""
 
 
 def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str, Any]:
@@ -220,7 +218,7 @@ def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str
     return out
 
 
-def sae_comparison(runner: Any, cell: Cell) -> CellResult:
+def sae_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     """The cell's verdict: mean top-k Jaccard over eval tokens, banded by ``sae_overlap`` with a bootstrap CI."""
     study = runner.study
     s: SaeSettings = _settings(study)

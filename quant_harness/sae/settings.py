@@ -14,6 +14,7 @@ layout = "saelens"
 models = ["gemma2-2b"]
 ```
 Cells: ``{model}-{precision}-sae_{layer}-{dictionary}`` for every model, non-reference precision, layer, dictionary.
+Paths (``texts``, a dictionary's ``path``) are study data: they resolve against the study's ``root``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import Any
 from quant_harness._util.validate import SectionContext, check_table, expect, resolve
 from quant_harness.errors import StudyError
 
-REPO = Path(__file__).resolve().parent.parent.parent
 LAYOUTS = ("features_first", "saelens")
 """How a bundle's tensors are oriented on disk (quant_harness.sae.bundle reads both)."""
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -118,11 +118,11 @@ def parse(ctx: SectionContext, table: object) -> SaeSettings | None:
     top_k = table.get("top_k", 10)
     if top_k < 1:
         raise StudyError(path, "sae.top_k", top_k, "a positive integer")
-    texts = resolve(table.get("texts", "fixtures/sae/texts.json"), REPO)
+    texts = resolve(table.get("texts", "fixtures/sae/texts.json"), ctx.root)
     raw = table.get("dictionaries", {})
     if not raw:
         raise StudyError(path, "sae.dictionaries", raw, "at least one [sae.dictionaries.<name>] table")
-    dicts = tuple(_dictionary(path, name, t, REPO, set(ctx.models)) for name, t in sorted(raw.items()))
+    dicts = tuple(_dictionary(path, name, t, ctx.root, set(ctx.models)) for name, t in sorted(raw.items()))
     return SaeSettings(tuple(sorted(set(layers))), texts, top_k, dicts)
 
 

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from quant_harness.models.registry import REGISTRY
 from quant_harness.scale.scheduling import Slot
 from quant_harness.study.ids import split_group
 from quant_harness.study.spec import Cell, Study, TraitSpec
 
-BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.05, "nf4": 0.56, "gptq": 0.6}
-"""Weight bytes per parameter: 16-bit 2, LLM.int8 ~1 plus outlier columns, 4-bit ~0.5 plus scales and zeros."""
+BYTES_PER_PARAM = {name: spec.bytes_per_param for name, spec in REGISTRY.items()}
+"""Weight bytes per parameter (the registry's ``bytes_per_param``): 16-bit 2, LLM.int8 ~1 plus outlier columns,
+4-bit ~0.5 plus scales and zeros."""
 OVERHEAD_GB = 1.5
 """CUDA context, allocator slack and the activations of one extraction batch."""
 OVERHEAD_FRACTION = 0.10
@@ -78,7 +80,7 @@ def _matches(entry: dict[str, Any], study: Study, model: str, precision: str, tr
     card = study.cards[model]
     return (c.get("model") == card.name and c.get("precision") == precision and c.get("format") == trait.format
             and c.get("position") == trait.position and c.get("layers") == list(trait.layers_for(card))
-            and c.get("weights") == (card.path or card.embedded or card.hub_id)
+            and c.get("weights") == card.identity
             and (dataset_hash is None or c.get("dataset") == dataset_hash))
 
 

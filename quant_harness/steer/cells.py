@@ -9,48 +9,39 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from quant_harness._util import files, progress
+from quant_harness._util import progress
 from quant_harness.judge import client as judges
 from quant_harness.metrics import tensors as metrics
 from quant_harness.steer import ops as steering
 from quant_harness.extract.datasets import Prompt, load_caa
 from quant_harness.errors import CellError
 from quant_harness.records import CellResult
+from quant_harness.store import JSON, ArtefactStore, key_of, legacy_json
 from quant_harness.steer.settings import SteeringSettings
 from quant_harness.study.spec import Cell, Study, TraitSpec
 from quant_harness.metrics.verdicts import judge as classify
 from quant_harness.metrics.verdicts import undefined
 
-REPO = Path(__file__).resolve().parent.parent.parent
+if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
 
 
-def _resolve(study: Study, p: str) -> Path:
-    """Study paths of this table: ``$VARS`` expanded, relative ones against the repository (fixtures live there)."""
-    path = Path(os.path.expandvars(p)).expanduser()
-    return path if path.is_absolute() else REPO / path
-
-
-def _json_cached(runner: Any, namespace: str, components: dict[str, Any], build: Callable[[], Any]) -> Any:
-    """JSON results cached under the runner's cache dir by a hash of their components (atomic writes)."""
-    key = hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    f = Path(runner.cache.root) / "steering" / namespace / f"{key}.json"
-    if f.is_file():
-        try:
-            return json.loads(f.read_text())["value"]
-        except (OSError, json.JSONDecodeError, KeyError):
-            f.unlink(missing_ok=True)
-    value = build()
-    files.write_text(f, json.dumps({"components": components, "value": value}, default=str))
-    return value
+def _json_cached(runner: CellRunner, namespace: str, components: dict[str, Any], build: Callable[[], Any]) -> Any:
+    """A JSON result from the artefact store (kind ``steering/<what>``, under ``<model>/<precision>``), built by one
+    worker while the others wait for it: the reference's search is needed by every quantized cell of a model."""
+    what, _, under = namespace.partition("/")
+    store = ArtefactStore(Path(runner.cache.root))
+    before = store.root / "steering" / namespace / f"{key_of(components)}.json"
+    return store.get_or_build(f"steering/{what}", components, build, JSON, under=under,
+                              legacy=lambda: legacy_json(before, components, "value")).value
 
 
 def _near(vecs: dict[int, Tensor], wanted: int) -> int:
@@ -62,8 +53,13 @@ def _vhash(v: Tensor) -> str:
     return hashlib.sha256(v.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+def _root(study: Study) -> Path:
+    """Where this table's paths resolve: the study's root (a Study built in code may have none: its file's folder)."""
+    return study.root or Path(study.path).parent
+
+
 def _test_file(study: Study, s: SteeringSettings, trait: TraitSpec) -> Path:
-    f = _resolve(study, s.ab_dir) / f"{trait.key}_test.json"
+    f = s.ab_file(_root(study), trait.key)
     if not f.is_file():
         raise CellError(f"trait {trait.key}: no held-out A/B file {f}; write one (CAA schema) or set [steering] ab_dir")
     return f
@@ -77,9 +73,9 @@ def _ab_questions(study: Study, s: SteeringSettings, trait: TraitSpec) -> list[t
     return out
 
 
-def _open_questions(runner: Any, s: SteeringSettings, trait: TraitSpec) -> tuple[list[str], str]:
+def _open_questions(runner: CellRunner, s: SteeringSettings, trait: TraitSpec) -> tuple[list[str], str]:
     """Open-ended prompts and the trait judge template: PV's own questions and eval prompt; for CAA the A/B test
-    questions with their choices stripped (as CAA's open-ended set is built) and fixtures/judge_prompts/<trait>."""
+    questions with their choices stripped (as CAA's open-ended set is built) and the judge prompt <trait>."""
     if trait.methodology == "pv":
         c = runner.contrast(trait)
         return list(c.questions[: s.questions]), c.eval_prompt or judges.load_prompt(trait.key)
@@ -88,7 +84,7 @@ def _open_questions(runner: Any, s: SteeringSettings, trait: TraitSpec) -> tuple
     return qs, judges.load_prompt(trait.key)
 
 
-def _judged(runner: Any, template: str, questions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
+def _judged(runner: CellRunner, template: str, questions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
     j = judges.study_judge(runner)
     coherence_t = judges.load_prompt("coherence")
     trait_s = [j.score(template.format(question=q, answer=a)) for q, a in zip(questions, answers)]
@@ -105,7 +101,7 @@ def _mean(xs: Sequence[float | None], what: str) -> float:
     return statistics.fmean(vals)
 
 
-def _steer_search(runner: Any, cell: Cell, precision: str, vec_precision: str) -> dict[str, Any]:
+def _steer_search(runner: CellRunner, cell: Cell, precision: str, vec_precision: str) -> dict[str, Any]:
     """Baseline, then per candidate layer a coefficient search (double while coherent, halve when not)."""
     study, s = runner.study, runner.study.steering
     trait = study.trait(cell.trait)
@@ -159,7 +155,7 @@ def _best(search: dict[str, Any], s: SteeringSettings, what: str) -> dict[str, A
                                                                                     for m in r["modes"]})}
 
 
-def steering_delta(runner: Any, cell: Cell) -> CellResult:
+def steering_delta(runner: CellRunner, cell: Cell) -> CellResult:
     """Best judged trait delta over the unsteered baseline (coherence kept), and its degradation vs reference."""
     study, s = runner.study, runner.study.steering
     ref = _best(_steer_search(runner, cell, study.reference, study.reference), s, f"{cell.model}/{study.reference}")
@@ -188,7 +184,7 @@ def steering_delta(runner: Any, cell: Cell) -> CellResult:
     return _record(runner, cell, "steering", j, figures, "degradation", degradation)
 
 
-def _ab_sweep(runner: Any, cell: Cell, precision: str, vec_precision: str) -> dict[str, list[list[float]]]:
+def _ab_sweep(runner: CellRunner, cell: Cell, precision: str, vec_precision: str) -> dict[str, list[list[float]]]:
     study, s = runner.study, runner.study.steering
     trait = study.trait(cell.trait)
     vecs = runner.vectors(cell.model, vec_precision, trait, s.method)
@@ -219,7 +215,7 @@ def _flat(rows: list[list[float]]) -> Tensor:
     return torch.tensor([x for row in rows for x in row], dtype=torch.float64)
 
 
-def logit_diff(runner: Any, cell: Cell) -> CellResult:
+def logit_diff(runner: CellRunner, cell: Cell) -> CellResult:
     """Correlation of per-question (x coefficient) A/B logit differences between reference and quantized."""
     study, s = runner.study, runner.study.steering
     ref = _ab_sweep(runner, cell, study.reference, study.reference)
@@ -254,7 +250,7 @@ def steerability(coefficients: Sequence[float], logit_diff: list[list[float]]) -
     return statistics.fmean(per_question), statistics.stdev(per_question) / len(per_question) ** 0.5
 
 
-def transfer(runner: Any, cell: Cell) -> CellResult:
+def transfer(runner: CellRunner, cell: Cell) -> CellResult:
     """The reference's vectors on the quantized model vs the quantized model's own vectors (A/B steerability).
 
     The ratio of the two slopes keeps its sign, so it is meaningful even where a small model's vector steers the
@@ -286,11 +282,11 @@ def transfer(runner: Any, cell: Cell) -> CellResult:
     return _record(runner, cell, "transfer", j, figures, "transfer_ratio", ratio)
 
 
-def refusal(runner: Any, cell: Cell) -> CellResult:
+def refusal(runner: CellRunner, cell: Cell) -> CellResult:
     """Refusal rates (12 substrings) on harmful prompts with and without ablation at every layer, and on harmless
     prompts with and without +r added at the selected layer; the effect's degradation vs the reference."""
     study, s = runner.study, runner.study.steering
-    data = json.loads(_resolve(study, s.refusal_prompts).read_text())
+    data = json.loads(s.refusal_file(_root(study)).read_text())
     harmful = [Prompt((("user", q),)) for q in data["harmful"]]
     harmless = [Prompt((("user", q),)) for q in data["harmless"]]
 
@@ -321,7 +317,10 @@ def refusal(runner: Any, cell: Cell) -> CellResult:
 
     quant = rates(cell.precision)
     ref = quant if cell.precision == study.reference else rates(study.reference)
-    effect = lambda x: (x["harmful"] - x["harmful_ablated"]) + (x["harmless_actadd"] - x["harmless"])  # noqa: E731
+
+    def effect(x: dict[str, Any]) -> float:
+        return float((x["harmful"] - x["harmful_ablated"]) + (x["harmless_actadd"] - x["harmless"]))
+
     k = s.samples
     figures = {
         "refusal_harmful": quant["harmful"], "refusal_harmful_ablated": quant["harmful_ablated"],
@@ -343,7 +342,7 @@ def refusal(runner: Any, cell: Cell) -> CellResult:
     return _record(runner, cell, "refusal", j, figures, "degradation", degradation)
 
 
-def _record(runner: Any, cell: Cell, kind: str, j: Any, figures: dict[str, Any], metric: str,
+def _record(runner: CellRunner, cell: Cell, kind: str, j: Any, figures: dict[str, Any], metric: str,
             value: float) -> CellResult:
     study = runner.study
     trait = study.trait(cell.trait)

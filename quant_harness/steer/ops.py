@@ -25,8 +25,10 @@ import torch
 from torch import Tensor
 
 from quant_harness._util import counters
+from quant_harness.extract import batching
 from quant_harness.extract.activations import decoder_layers, encode
 from quant_harness.extract.datasets import Prompt
+from quant_harness.models import adapter
 from quant_harness.errors import CellError
 
 Mode = Literal["add", "clamp"]
@@ -142,9 +144,17 @@ def steer(
 
 @contextlib.contextmanager
 def ablation(model: Any, direction: Tensor) -> Iterator[None]:
-    """Project ``direction`` out of the residual stream everywhere (Arditi): block 0's input and the attention and
-    MLP outputs of every block, so no block ever reads or writes along it."""
+    """Project ``direction`` out of the residual stream everywhere, on pre- and post-norm blocks alike.
+
+    Hooks sit on every block's input (Arditi's pre-hook on each block), on what each block writes to its residual
+    stream, and on every block's output. What a block writes is found from what it computes
+    (``models.adapter.block_structure``), not from module names: the attention and MLP outputs on pre-norm blocks
+    (Llama, Qwen, Mistral, SmolLM2: Arditi's hooks), but the outputs of the norms applied after them on Gemma-2/3 and
+    OLMo-2, whose per-dimension weights would put the direction back. So no block reads along it at its input, and
+    the residual stream carries none of it between or inside blocks.
+    """
     blocks = decoder_layers(model)
+    writers = adapter.block_structure(model).writers
     r = unit(direction, "ablation direction")
     handles: list[Any] = []
 
@@ -159,12 +169,13 @@ def ablation(model: Any, direction: Tensor) -> Iterator[None]:
         return args, {**kwargs, key: ablate(kwargs[key], r)}
 
     try:
-        handles.append(blocks[0].register_forward_pre_hook(in_hook, with_kwargs=True))
         for block in blocks:
-            subs = [getattr(block, n) for n in ("self_attn", "mlp") if isinstance(getattr(block, n, None),
-                                                                              torch.nn.Module)]
-            for m in subs or [block]:
-                handles.append(m.register_forward_hook(out_hook))
+            handles.append(block.register_forward_pre_hook(in_hook, with_kwargs=True))
+            for name in writers:
+                sub = getattr(block, name, None)
+                if isinstance(sub, torch.nn.Module):
+                    handles.append(sub.register_forward_hook(out_hook))
+            handles.append(block.register_forward_hook(out_hook))
         yield
     finally:
         for h in handles:
@@ -183,19 +194,6 @@ def instruction_starts(tokenizer: Any, prompts: Sequence[Prompt]) -> list[int]:
     """Per prompt, the position of the last token of the chat template's instruction (before any prefill):
     CAA steers from here on (its issue #3: the first generated token must be steered too)."""
     return [len(encode(tokenizer, Prompt(p.messages))[0]) - 1 for p in prompts]
-
-
-def _left_pad(tokenizer: Any, encoded: list[list[int]]) -> tuple[Tensor, Tensor, list[int]]:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    offsets = []
-    for i, row in enumerate(encoded):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-        offsets.append(width - len(row))
-    return ids, mask, offsets
 
 
 @contextlib.contextmanager
@@ -224,39 +222,46 @@ def generate(
     if not prompts:
         raise CellError("no prompts to generate from")
     encoded = [encode(tokenizer, p)[0] for p in prompts]
-    ids, mask, offsets = _left_pad(tokenizer, encoded)
+    pad = batching.pad_id(tokenizer)
+    ids, mask, offsets = batching.left_pad(encoded, pad)
     start = None
     if from_instruction_end:
         start = torch.tensor([o + s for o, s in zip(offsets, instruction_starts(tokenizer, prompts))])
     device = next(model.parameters()).device
     with _maybe_steer(model, vectors, coefficient, mode, start):
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id or
-                             tokenizer.eos_token_id, temperature=None, top_p=None, top_k=None)
+                             max_new_tokens=max_new_tokens, pad_token_id=pad, temperature=None, top_p=None,
+                             top_k=None)
     new = out[:, ids.shape[1]:]
-    counters.add("generated_tokens", int((new != (tokenizer.pad_token_id or tokenizer.eos_token_id)).sum()))
+    counters.add("generated_tokens", batching.generated_tokens(new, batching.stop_ids(model, tokenizer)))
     texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
     return Generation(texts, [len(e) for e in encoded])
 
 
 @dataclass(frozen=True)
 class ABLogits:
-    """Per question, at the answer-letter position: logit(match) - logit(non-match) and p(match)/(p(A)+p(B))."""
+    """Per question: log p(matching answer) - log p(other answer) as continuations of the prompt, and
+    p(match) / (p(match) + p(other)). Where the answers differ in one token after a shared prefix (every study
+    tokenizer) this is the logit difference of the two letter tokens at the position after the prefix."""
 
     logit_diff: list[float]
     p_match: list[float]
 
 
+def ab_answers(letters: str = "AB") -> dict[str, str]:
+    """The answer continuations of CAA's A/B questions: ``(A``, ``(B``."""
+    return {letter: f"({letter}" for letter in letters}
+
+
 def letter_ids(tokenizer: Any, letters: str = "AB") -> dict[str, int]:
-    """Token ids of the answer letters as they follow "(" (SmolLM2 and Llama split "(A)" into "(", "A", ")")."""
-    out = {}
-    for letter in letters:
-        ids = tokenizer(f"({letter}", add_special_tokens=False).input_ids
-        paren = tokenizer("(", add_special_tokens=False).input_ids
-        if len(ids) != len(paren) + 1:
-            raise CellError(f"tokenizer splits '({letter}' as {ids}; expected '(' then one letter token")
-        out[letter] = ids[-1]
-    return out
+    """The token that tells each answer apart from the others after the tokens they share: ``A`` after ``(`` for
+    SmolLM2 and Gemma, ``A`` after ``▁(`` for Mistral, the single token ``(A`` for Llama-3, Qwen2.5 and OLMo-2.
+    An error only where an answer needs more than one token of its own (``ab_logits`` still scores those)."""
+    plan = adapter.answer_plan(tokenizer, list(ab_answers(letters).values()))
+    if not plan.single_token:
+        raise CellError(f"the tokenizer spells the answers with several tokens each after their shared prefix "
+                        f"{list(plan.shared)}: {plan.tails}")
+    return {letter: plan.tails[answer][0] for letter, answer in ab_answers(letters).items()}
 
 
 @torch.no_grad()
@@ -268,23 +273,50 @@ def ab_logits(
     vectors: dict[int, Tensor] | None = None,
     coefficient: float = 0.0,
 ) -> ABLogits:
-    """A/B readout of CAA: each prompt ends with "(" so the next token is the answer letter; ``questions`` pairs
-    the prompt with its matching letter. Steering runs from the end of the instruction on, as in CAA."""
-    ids_of = letter_ids(tokenizer)
-    encoded = [encode(tokenizer, p)[0] for p, _ in questions]
-    ids, mask, offsets = _left_pad(tokenizer, encoded)
-    starts = torch.tensor([o + s for o, s in zip(offsets, instruction_starts(tokenizer, [p for p, _ in questions]))])
+    """A/B readout of CAA: the log-likelihood of the answer continuation ``(A`` against ``(B`` after the assistant
+    header, whatever the tokenizer spells them as (``models.adapter.answer_plan``: tokenized apart from the prompt).
+
+    ``questions`` pairs each prompt (the question, no prefill) with its matching letter. The answers' shared tokens
+    (``(`` for SmolLM2 and Gemma) are appended to every prompt; where each answer then has one token of its own, one
+    forward pass reads the two letters' logits at the last position; otherwise both continuations run and their
+    tokens' log-probabilities are summed. Steering runs from the end of the instruction on, as in CAA.
+    """
+    answers = ab_answers()
+    plan = adapter.answer_plan(tokenizer, list(answers.values()))
+    prompts = [p for p, _ in questions]
+    base = [encode(tokenizer, p)[0] + list(plan.shared) for p in prompts]
+    inst = instruction_starts(tokenizer, prompts)
     device = next(model.parameters()).device
-    with _maybe_steer(model, vectors, coefficient, "add", starts):
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, -1]
-    counters.add("forward_passes")
-    logits = logits.double().cpu()
+    pad = batching.pad_id(tokenizer)
+    scores: list[dict[str, float]] = []
+    if plan.single_token:
+        ids, mask, offsets = batching.left_pad(base, pad)
+        starts = torch.tensor([o + s for o, s in zip(offsets, inst)])
+        with _maybe_steer(model, vectors, coefficient, "add", starts):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, -1]
+        counters.add("forward_passes")
+        logits = logits.double().cpu()
+        scores = [{x: float(logits[row, plan.tails[a][0]]) for x, a in answers.items()} for row in range(len(base))]
+    else:
+        rows = [(i, x) for i in range(len(base)) for x in answers]
+        seqs = [base[i] + list(plan.tails[answers[x]]) for i, x in rows]
+        ids, mask, offsets = batching.left_pad(seqs, pad)
+        starts = torch.tensor([offsets[k] + inst[i] for k, (i, _) in enumerate(rows)])
+        with _maybe_steer(model, vectors, coefficient, "add", starts):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        counters.add("forward_passes")
+        logp = torch.log_softmax(logits.double().cpu(), dim=-1)
+        scores = [{} for _ in base]
+        for k, (i, x) in enumerate(rows):
+            tail = plan.tails[answers[x]]
+            first = offsets[k] + len(base[i])
+            scores[i][x] = float(sum(logp[k, first + j - 1, t] for j, t in enumerate(tail)))
     diffs, probs = [], []
     for row, (_, match) in enumerate(questions):
         other = "B" if match == "A" else "A"
-        lm, lo = logits[row, ids_of[match]], logits[row, ids_of[other]]
-        diffs.append(float(lm - lo))
-        probs.append(float(torch.sigmoid(lm - lo)))
+        d = torch.tensor(scores[row][match] - scores[row][other], dtype=torch.float64)
+        diffs.append(float(d))
+        probs.append(float(torch.sigmoid(d)))
     if not all(torch.isfinite(torch.tensor(diffs))):
         raise CellError("A/B logits contain NaN or inf")
     return ABLogits(diffs, probs)

@@ -7,10 +7,16 @@ when the study loads and the grid can ask which vectors get judged steering cell
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from quant_harness._util.validate import SectionContext, check_table
+from quant_harness import data
+from quant_harness._util.validate import SectionContext, check_table, resolve
 from quant_harness.errors import StudyError
+
+AB_DIR = "fixtures/ab_questions"
+REFUSAL_PROMPTS = "fixtures/ab_questions/refusal_prompts.json"
+"""The defaults, relative to the study root; where the root has no such file, the copy shipped in quant_harness.data."""
 
 
 @dataclass(frozen=True)
@@ -27,8 +33,10 @@ class SteeringSettings:
     max_new_tokens: int = 24
     ab_coefficients: tuple[float, ...] = (-2.0, 0.0, 2.0)
     ab_questions: int = 10
-    ab_dir: str = "fixtures/ab_questions"
-    refusal_prompts: str = "fixtures/ab_questions/refusal_prompts.json"
+    ab_dir: str = AB_DIR
+    """Folder of ``<trait>_test.json`` held-out A/B files, relative to the study root (``ab_file``)."""
+    refusal_prompts: str = REFUSAL_PROMPTS
+    """``{harmful: [...], harmless: [...]}`` for the refusal cells, relative to the study root (``refusal_file``)."""
     samples: int = 2
     """Responses kept per condition in each record, for review."""
     method: str = "mean_diff"
@@ -37,13 +45,27 @@ class SteeringSettings:
     """Traits that get judged steering cells (None: every CAA and PV trait)."""
     methods: tuple[str, ...] = ("mean_diff",)
     """Methods whose vectors get judged steering cells (e.g. add "file" to steer with external/SAE vectors)."""
-    mode: str = "add"
+    mode: Literal["add", "clamp"] = "add"
     """Steering cells: ``add`` the vector x coefficient, or ``clamp`` the projection on it to coefficient x |v|
     (the SAE seed's clamp, which keeps high scales from blowing up activations)."""
 
     def selects(self, trait: str, method: str) -> bool:
         """Whether the vector of (trait, method) gets a judged steering cell."""
         return (self.traits is None or trait in self.traits) and method in self.methods
+
+    def ab_file(self, root: Path, trait: str) -> Path:
+        """The held-out A/B file of ``trait``: ``<ab_dir>/<trait>_test.json`` against the study root; with the default
+        ``ab_dir``, the file shipped in quant_harness/data/ab_questions when the root has none (it may not exist)."""
+        name = f"{trait}_test.json"
+        f = resolve(self.ab_dir, root) / name
+        return data.study_or_shipped(f, "ab_questions", name) if self.ab_dir == AB_DIR else f
+
+    def refusal_file(self, root: Path) -> Path:
+        """The refusal cells' prompts against the study root; the shipped ones for the default when the root has none."""
+        f = resolve(self.refusal_prompts, root)
+        if self.refusal_prompts == REFUSAL_PROMPTS:
+            return data.study_or_shipped(f, "ab_questions", "refusal_prompts.json")
+        return f
 
 
 _KEYS: dict[str, Any] = {

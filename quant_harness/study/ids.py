@@ -8,9 +8,10 @@ The scheduler groups by ``{model}-{precision}``, reports split ids into their pa
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from quant_harness.models.precision import PRECISIONS
+from quant_harness.models.registry import PRECISIONS
 
 _PARAM = re.compile(r"\[([^\[\]]+)\](@[^\]]*)?$")
 
@@ -28,7 +29,7 @@ def cell_id(model: str, precision: str, *subject: str) -> str:
     return "-".join(p for p in (model, precision, *subject) if p)
 
 
-def split_cell_id(cell_id: str, record: dict[str, Any] | None = None) -> CellName:
+def split_cell_id(cell_id: str, record: Mapping[str, Any] | None = None) -> CellName:
     """Model, precision and the rest (trait-method, or benchmark) of a cell id; provenance wins when it says."""
     prov = (record or {}).get("provenance", {})
     parts = cell_id.split("-")

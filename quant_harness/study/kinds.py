@@ -19,6 +19,7 @@ from quant_harness.sae.settings import cell_names as sae_cell_names
 from quant_harness.study.spec import Cell, Study, TraitSpec
 
 if TYPE_CHECKING:
+    from quant_harness.protocols import CellRunner
     from quant_harness.records import CellResult
 
 
@@ -28,7 +29,8 @@ class KindSpec:
 
     name: str
     compute: str
-    """``"module:function"``; the function takes (runner, cell) and returns a CellResult."""
+    """``"module:function"``; the function takes (runner, cell), the runner a quant_harness.protocols.CellRunner,
+    and returns a CellResult."""
     matrix: str
     """File under ``reports/results/`` its records are merged into (several kinds may share one)."""
     band: str
@@ -46,7 +48,7 @@ class KindSpec:
     section: str = ""
     """The study table the kind's cells read (``[steering]``, ``[benchmarks]``, ``[sae]``), if any."""
 
-    def run(self, runner: object, cell: Cell) -> CellResult:
+    def run(self, runner: CellRunner, cell: Cell) -> CellResult:
         """Import the compute function and run it on one cell."""
         module, _, name = self.compute.partition(":")
         result: CellResult = getattr(importlib.import_module(module), name)(runner, cell)

@@ -11,14 +11,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
+from quant_harness import data
 from quant_harness._util.validate import SectionContext, expect, resolve
 from quant_harness.bench import settings as bench_settings
-from quant_harness.errors import StudyError
+from quant_harness.errors import DatasetError, StudyError
+from quant_harness.extract import datasets
 from quant_harness.extract.positions import parse_position
 from quant_harness.judge import settings as judge_settings
 from quant_harness.metrics.verdicts import DEFAULT_BANDS, FAIL_ON, Band
 from quant_harness.models.cards import ModelCard, load_card
-from quant_harness.models.precision import PRECISIONS
+from quant_harness.models.registry import PRECISIONS
 from quant_harness.report import baselines
 from quant_harness.sae import settings as sae_settings
 from quant_harness.steer import settings as steer_settings
@@ -46,6 +48,17 @@ _TRAIT_KEYS = {
     "methods": list, "limit": int, "max_new_tokens": int, "n_per_question": int, "temperature": (int, float),
     "replay": bool, "vectors": str, "sae_features": list, "judge_filter": (int, float),
 }
+
+
+def _check_dataset(path: Path, where: str, value: str, trait: TraitSpec) -> None:
+    """Read the trait's dataset now: an empty or malformed one is a usage error before any model loads."""
+    try:
+        data = datasets.load(trait.format, trait.dataset, trait.limit)
+    except DatasetError as e:
+        raise StudyError(path, f"{where}.dataset", value, f"a usable {trait.format} dataset ({e})") from e
+    if not data.pos or not data.neg:
+        raise StudyError(path, f"{where}.dataset", value, f"examples on both sides (found {len(data.pos)} positive, "
+                                                          f"{len(data.neg)} negative)")
 
 
 def _layers(path: Path, key: str, value: object, card_layers: int) -> tuple[int, ...] | None:
@@ -105,7 +118,10 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
     fail_on_name = head.get("fail_on", "broken")
     if fail_on_name not in FAIL_ON:
         raise StudyError(path, "study.fail_on", fail_on_name, f"one of {', '.join(FAIL_ON)}")
-    cards_dir = resolve(head.get("cards_dir", "fixtures/model_cards"), root)
+    # an explicit cards_dir is the only place looked at; by default a card is the study root's own
+    # fixtures/model_cards/<card>.toml when there is one, else the card shipped in quant_harness/data/model_cards
+    card_dirs = ((resolve(head["cards_dir"], root),) if "cards_dir" in head
+                 else (root / "fixtures" / "model_cards", data.path("model_cards")))
 
     models = raw.get("models", {})
     if not isinstance(models, dict) or not models:
@@ -118,9 +134,11 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
             if key not in ("card", "precisions"):
                 raise StudyError(path, f"models.{name}.{key}", spec[key], "one of card, precisions")
         card_name = spec.get("card", name)
-        if not (cards_dir / f"{card_name}.toml").is_file():
-            known = ", ".join(sorted(p.stem for p in cards_dir.glob("*.toml"))) or "none"
-            raise StudyError(path, f"models.{name}.card", card_name, f"a card in {cards_dir}; known cards: {known}")
+        cards_dir = next((d for d in card_dirs if (d / f"{card_name}.toml").is_file()), None)
+        if cards_dir is None:
+            known = ", ".join(sorted({p.stem for d in card_dirs for p in d.glob("*.toml")})) or "none"
+            where = " or ".join(str(d) for d in card_dirs)
+            raise StudyError(path, f"models.{name}.card", card_name, f"a card in {where}; known cards: {known}")
         card = load_card(card_name, cards_dir)
         if card.name != name:
             raise StudyError(path, f"models.{name}.card", spec.get("card"), f"a card whose name is {name!r}")
@@ -173,6 +191,8 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
         spec_ = TraitSpec(methodology, t["name"], dataset, fmt, position,
                           _layers(path, f"{where}.layers", t.get("layers", "all"), max_layers),
                           tuple(tmethods), limit, **trait_options(path, where, t, tmethods, root, check_data))
+        if check_data:
+            _check_dataset(path, where, t["dataset"], spec_)
         if any(s.key == spec_.key for s in traits):
             raise StudyError(path, f"{where}.name", t["name"], f"a name unique within methodology {methodology}")
         traits.append(spec_)

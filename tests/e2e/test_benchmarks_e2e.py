@@ -44,11 +44,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fp32(model_dir: Path) -> LoadedModel:
-    return load(load_card("smollm2-135m", REPO / "fixtures" / "model_cards"), "fp32", model_dir=model_dir)
+    return load(load_card("smollm2-135m", REPO / "quant_harness" / "data" / "model_cards"), "fp32", model_dir=model_dir)
 
 
-def _settings(task: str, limit: int) -> benchmark_settings.Settings:
-    return benchmark_settings.Settings((task,), DATA, (benchmark_settings.TASKS_DIR,), False, 0, 4, 1000,
+def _settings(task: str, limit: int) -> benchmark_settings.BenchmarkSettings:
+    return benchmark_settings.BenchmarkSettings((task,), DATA, (benchmark_settings.TASKS_DIR,), False, 0, 4, 1000,
                                {task: benchmark_settings.TaskOptions(limit, 0, None, "")}, None)
 
 

@@ -46,7 +46,7 @@ def test_gptq_without_checkpoint_is_skipped_with_reason_not_dropped(
         pytester: pytest.Pytester, run_args: Callable[..., list[str]], repo: Path, tmp_path: Path) -> None:
     cards = tmp_path / "cards"
     cards.mkdir()
-    text = (repo / "fixtures/model_cards/smollm2-135m.toml").read_text().replace('gptq = "quantize"', 'gptq = "none"')
+    text = (repo / "quant_harness/data/model_cards/smollm2-135m.toml").read_text().replace('gptq = "quantize"', 'gptq = "none"')
     (cards / "smollm2-135m.toml").write_text(text)
     study = tmp_path / "s.toml"
     study.write_text(f'[study]\nroot = "{repo}"\ncards_dir = "{cards}"\nreference = "fp32"\n'

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from quant_harness.errors import BundleError, StudyError
 from quant_harness.sae.bundle import activate, feature_direction, load_bundle, save_bundle
-from quant_harness.sae.settings import TrainSettings
+from quant_harness.sae.settings import Dictionary, TrainSettings
 from quant_harness.sae.train import evaluate, train_sae
 from quant_harness.sae import oracle
 from quant_harness.sae.cells import fidelity
@@ -224,15 +224,48 @@ def test_study_sae_cells_have_model_precision_ids(make_study: Callable[..., Path
     assert {group_of_id(i) for i in ids} == {"smollm2-135m-nf4", "smollm2-135m-int8"}
 
 
-def test_corrupt_cached_dictionary_is_dropped(tmp_path: Path) -> None:
-    from quant_harness.sae.cells import _cached_bundle
+def test_a_trained_dictionary_is_cached_and_a_corrupt_one_retrained(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the artefact store: trained once, read back, retrained once when its bundle file is damaged, and a
+    dictionary trained before the store (``<name>-L<layer>-<key[:16]>/``) adopted without training."""
+    import shutil
+    from types import SimpleNamespace
 
-    folder = tmp_path / "tiny-L0-abc"
-    save_bundle(_tensors(), folder, 0)
-    (folder / "report.json").write_text("{}")
-    assert _cached_bundle(folder, 0, D) is not None
-    (folder / "layer_0.safetensors").write_bytes(b"truncated")
-    assert _cached_bundle(folder, 0, D) is None and not folder.exists()
+    from quant_harness.sae import cells as sae_cells
+    from quant_harness.store import ArtefactStore, key_of
+
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps({"train": ["a b c"], "eval": ["d e f"]}))
+    study = SimpleNamespace(cards={"m": SimpleNamespace(name="m", identity="w", hidden_size=D)}, reference="fp32",
+                            sae=SimpleNamespace(texts=texts))
+    runner = SimpleNamespace(study=study, precision_settings=lambda m, p: {}, cache=SimpleNamespace(root=tmp_path))
+    trained: list[int] = []
+
+    def train(x: torch.Tensor, settings: TrainSettings) -> dict[str, torch.Tensor]:
+        trained.append(1)
+        return _tensors()
+
+    monkeypatch.setattr(sae_cells, "residuals", lambda r, m, p, split: (torch.randn(5, 1, D), None, [0]))
+    monkeypatch.setattr(sae_cells, "train_sae", train)
+    monkeypatch.setattr(sae_cells, "evaluate", lambda t, x, what: {"fvu": 0.5, "dead_share": 0.0})
+    d = Dictionary("mini", train=TrainSettings(n_features=N, steps=1))
+    bundle, report = sae_cells.dictionary(runner, "m", d, 0)  # type: ignore[arg-type]
+    again, _ = sae_cells.dictionary(runner, "m", d, 0)  # type: ignore[arg-type]
+    assert trained == [1] and report["eval"]["fvu"] == 0.5 and again.path == bundle.path
+    torch.testing.assert_close(again.W_dec, _tensors()["W_dec"])
+    bundle.path.write_bytes(b"truncated")
+    sae_cells.dictionary(runner, "m", d, 0)  # type: ignore[arg-type]
+    assert trained == [1, 1]
+
+    [entry] = ArtefactStore(tmp_path).entries()
+    assert entry["kind"] == "sae/dictionaries" and entry["path"].startswith("sae/dictionaries/m/mini-L0/")
+    old = tmp_path / "sae" / "dictionaries" / "m" / f"mini-L0-{key_of(entry['components'])[:16]}"
+    save_bundle(_tensors(seed=1), old, 0)
+    (old / "report.json").write_text(json.dumps({"eval": {"fvu": 0.25}}))
+    shutil.rmtree(tmp_path / entry["path"])
+    adopted, report = sae_cells.dictionary(runner, "m", d, 0)  # type: ignore[arg-type]
+    assert trained == [1, 1] and report == {"eval": {"fvu": 0.25}} and not old.exists()
+    torch.testing.assert_close(adopted.W_dec, _tensors(seed=1)["W_dec"])
 
 
 def test_transcoder_decode_adds_skip_path(tmp_path: Path) -> None:

@@ -64,3 +64,31 @@ def test_relative_paths_resolve_against_the_study_root(tmp_path: Path, monkeypat
     s = study.load(p)
     assert s.traits[0].dataset == REPO / "fixtures/traits/caa_refusal.json"
     assert s.traits[0].layers_for(s.cards["smollm2-135m"]) == (1, 2)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("[]", "no usable A/B record"),
+    ("[{", "invalid JSON"),
+    ('[{"question": "q", "answer_matching_behavior": "yes", "answer_not_matching_behavior": "(B)"}]',
+     "expected \"(A)\"-style letters"),
+    ('{"question": "q"}', "expected a JSON list of CAA records"),
+])
+def test_a_bad_dataset_is_a_study_error_at_load(tmp_path: Path, content: str, expected: str) -> None:
+    """Datasets are read when the study loads: a broken one stops the run before any model loads."""
+    (tmp_path / "d.json").write_text(content)
+    body = GOOD_MODEL + f'[[traits]]\nmethodology = "caa"\nname = "x"\ndataset = "{tmp_path / "d.json"}"\n'
+    with pytest.raises(StudyError) as err:
+        study.load(_write(tmp_path, body))
+    assert err.value.key == "traits[0].dataset" and "usable caa dataset" in err.value.expected
+    assert expected in err.value.expected and "d.json" in err.value.expected
+
+
+def test_every_table_is_checked_at_load(tmp_path: Path) -> None:
+    """A typo in any section is found when the study loads, not inside the cells that read it."""
+    for table, key in (("[judge]\nbase_ur = \"local\"\n", "judge.base_ur"), ("[steering]\nlayer = [3]\n", "steering.layer"),
+                       ("[benchmarks]\ntask = [\"qh_sanity\"]\n", "benchmarks.task"),
+                       ("[sae]\nlayers = [3]\ndictionaries = {tiny = {featurs = 8}}\n", "sae.dictionaries.tiny.featurs"),
+                       ("[baselines]\ntolerence = 0.1\n", "baselines.tolerence")):
+        with pytest.raises(StudyError) as err:
+            study.load(_write(tmp_path, GOOD_MODEL + table))
+        assert err.value.key == key and "expected one of" in str(err.value), table
