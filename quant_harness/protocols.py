@@ -76,6 +76,11 @@ class CellRunner(Protocol):
         """The quantization settings of a precision, as every cache key and record states them."""
         ...
 
+    def key_components(self, model: str, precision: str) -> dict[str, Any]:
+        """What every cached artefact built from the model at the precision keys on (quant_harness.models.identity:
+        weights identity, precision settings, device, unquantized dtype, batch size where it matters, versions)."""
+        ...
+
     def activations(self, model: str, precision: str, trait: TraitSpec) -> Entry:
         """Contrast activations (``pos``, ``neg``: ``[examples, layers, d_model]``) of a trait at a precision, from
         the cache or extracted once; ``meta["components"]["layers"]`` names the layers."""

@@ -21,8 +21,9 @@ from quant_harness.extract.datasets import ContrastSet
 from quant_harness.errors import CellError
 from quant_harness.extract.methods import METHODS, load_vectors
 from quant_harness.extract.positions import parse_position
+from quant_harness.models import adapter, identity
 from quant_harness.models.precision import LoadedModel, calibration_hash, load
-from quant_harness.records import provenance, versions
+from quant_harness.records import provenance
 from quant_harness.study.spec import Cell, Study, TraitSpec
 
 if TYPE_CHECKING:
@@ -106,19 +107,24 @@ class StudyRunner:
                     "calibration": calibration_hash(calib) if calib else "default"}
         return {}
 
+    def key_components(self, model: str, precision: str) -> dict[str, Any]:
+        """What every cached artefact built from ``model`` at ``precision`` keys on (models.identity): the weights'
+        identity, precision settings, device and unquantized dtype, batch size for LLM.int8, library versions."""
+        return identity.key_components(self.study.cards[model], precision, self.precision_settings(model, precision),
+                                       batch_size=self.study.batch_size)
+
     def activations(self, model: str, precision: str, trait: TraitSpec) -> Entry:
         """Contrast activations of a trait at a precision, from the cache or extracted once."""
         card = self.study.cards[model]
         contrast = self.contrast(trait)
         layers = list(trait.layers_for(card))
         position = parse_position(trait.position)
-        v = versions()
         components: dict[str, Any] = {
-            "model": card.name, "weights": card.identity, "precision": precision,
-            "precision_settings": self.precision_settings(model, precision), "dataset": contrast.content_hash(),
+            **self.key_components(model, precision), "dataset": contrast.content_hash(),
             "format": trait.format, "position": trait.position, "layers": layers,
             "layer_convention": activations.LAYER_CONVENTION,
-            "versions": {k: v[k] for k in ("torch", "transformers", "bitsandbytes", "gptqmodel")},
+            "extraction": {"version": activations.EXTRACTION_VERSION,
+                           "path": "prompt+response batches" if position.needs_response else "shared-prefix pairs"},
         }
         if position.needs_response:
             components["generation"] = generation.settings_for(self.study, trait).key()
@@ -147,19 +153,31 @@ class StudyRunner:
                                                      batch_size=self.study.batch_size, desc=tag)
             return {"pos": pos, "neg": neg}, {"source": lm.source, "device": lm.device, "notes": lm.notes,
                                               "skipped_records": len(contrast.skipped), "n_pos": len(pos_p),
-                                              "n_neg": len(neg_p), **rollout}
+                                              "n_neg": len(neg_p), **rollout,
+                                              # system prompt native or folded, the template's own system text
+                                              "render": {"pos": adapter.render_info(lm.tokenizer, pos_p),
+                                                         "neg": adapter.render_info(lm.tokenizer, neg_p)}}
 
         self._entries[memo] = self.cache.get_or_build(namespace, components, build)
         return self._entries[memo]
 
     def vectors(self, model: str, precision: str, trait: TraitSpec, method: str) -> dict[int, Tensor]:
         """One vector per layer, computed from cached activations (never from the model)."""
-        entry = self.activations(model, precision, trait)
-        layers = entry.meta["components"]["layers"]
+        card = self.study.cards[model]
         if method == "file":
+            # read before any activation is extracted: a bad file is an error before the model loads
             if trait.vectors is None:
                 raise CellError(f"trait {trait.key}: method 'file' needs a 'vectors' file")
-            return load_vectors(trait.vectors, layers, self.study.cards[model].layers, trait.sae_features)
+            vecs = load_vectors(trait.vectors, list(trait.layers_for(card)), card.layers, trait.sae_features)
+            wrong = next((L for L, v in vecs.items() if v.shape[-1] != card.hidden_size), None)
+            if wrong is not None:
+                raise CellError(f"{trait.vectors}: layer {wrong} vector has width {vecs[wrong].shape[-1]}; expected "
+                                f"{card.hidden_size} (hidden_size of {card.name})")
+            return vecs
+        entry = self.activations(model, precision, trait)
+        layers = entry.meta["components"]["layers"]
+        if method not in METHODS:
+            raise CellError(f"trait {trait.key}: vector method {method!r}; expected one of {', '.join(METHODS)}, file")
         fn = METHODS[method]
         return {layer: fn(entry.tensors["pos"][:, i], entry.tensors["neg"][:, i]) for i, layer in enumerate(layers)}
 
@@ -189,7 +207,7 @@ class StudyRunner:
                         and comp.get("position") == trait.position:
                     info = entry.meta.get("info", {})
                     out[p] = {k: info[k] for k in ("n_pos", "n_neg", "n_pairs", "kept_pairs", "responses_from",
-                                                   "judge_filtered", "skipped_records") if k in info}
+                                                   "judge_filtered", "skipped_records", "render") if k in info}
         return out
 
 

@@ -30,6 +30,8 @@ TWINS = ("gemma2-2b", "gemma3-4b", "llama-8b", "llama-70b", "mistral-7b", "olmo-
 BUILDER_VERSION = "1"
 """Bump when the builder changes what it writes: every cached twin is rebuilt."""
 LAYERS = 4
+PRECISIONS = ("fp32", "nf4", "int8")
+"""What the conformance tests load each twin at (bitsandbytes runs NF4 and LLM.int8 on CPU since 0.46)."""
 SHRINK = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
           "head_dim": 16}
 SEED = 0

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-NAMES = ("model_loads", "forward_passes", "generated_tokens", "cache_hits", "cache_misses", "judge_calls")
+NAMES = ("model_loads", "forward_passes", "generated_tokens", "cache_hits", "cache_misses", "judge_calls",
+         "judge_unscored")
+"""``judge_unscored``: judge answers that gave no score (no answer after the retries, or no number in it)."""
 
 _counts: Counter[str] = Counter()
 _loads_by_group: Counter[str] = Counter()
@@ -43,7 +45,7 @@ def merge(parts: list[dict[str, object]]) -> dict[str, object]:
     total: dict[str, object] = {n: sum(int(p.get(n, 0)) for p in parts) for n in NAMES}  # type: ignore[call-overload]
     by_group: Counter[str] = Counter()
     for p in parts:
-        by_group.update(p.get("loads_by_group", {}))  # type: ignore[arg-type]
+        by_group.update(p.get("loads_by_group", {}))  # type: ignore[call-overload]
     total["loads_by_group"] = dict(sorted(by_group.items()))
     by_kind: dict[str, Counter[str]] = {}
     for p in parts:

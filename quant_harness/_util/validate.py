@@ -64,6 +64,8 @@ class SectionContext:
     models: tuple[str, ...]
     traits: tuple[tuple[str, tuple[int, ...] | None], ...]
     """(trait key, explicit layers or None for all) of every trait, in file order."""
+    check_data: bool = True
+    """Whether the files a section names are checked now (off for ``--quant-plan``, which runs where they are not)."""
 
     @property
     def trait_keys(self) -> tuple[str, ...]:

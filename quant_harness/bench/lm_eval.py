@@ -241,10 +241,8 @@ def evaluate(runner: CellRunner, model: str, precision: str, name: str) -> TaskS
     cache_root = Path(runner.cache.root)
     _offline_env(cache_root)
     tm = task_manager(s.include_path, s.stock_tasks, s.data_dir)
-    card = study.cards[model]
     components: dict[str, Any] = {
-        "model": card.name, "weights": card.identity, "precision": precision,
-        "precision_settings": runner.precision_settings(model, precision), "task": task,
+        **runner.key_components(model, precision), "task": task,
         "task_config_hash": task_config_hash(tm, task), "data": _data_identity(s.data_dir),
         "options": _keyed_options(options), "seed": s.seed, "batch_size": s.batch_size,
         "bootstrap_iters": s.bootstrap_iters, "lm_eval": lm_eval.__version__,

@@ -7,6 +7,7 @@ shipped tasks' data lookup load without either.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,42 @@ def local_data_dir(kwargs: dict[str, Any], task: str, holding: str) -> Path:
     return Path(where)
 
 
+NEEDS_DATA = {"qh_hellaswag": "hellaswag/hellaswag_val.jsonl", "qh_mmlu": "mmlu", "qh_truthfulqa_mc1":
+              "truthfulqa/mc_task.json", "qh_truthfulqa_mc2": "truthfulqa/mc_task.json"}
+"""What the shipped local-data tasks read under the data folder (their utils.py); qh_mmlu_<subject> reads mmlu/."""
+_NAME_LINE = re.compile(r"^(?:task|group|tag):[ \t]*(\S.*?)\s*$", re.M)
+
+
+def task_names(include: tuple[Path, ...]) -> set[str]:
+    """Task, group and tag names the YAML files of the include path define (a line scan: no lm-eval index)."""
+    names: set[str] = set()
+    for folder in include:
+        for f in Path(folder).rglob("*"):
+            if not f.is_file() or not (f.suffix in (".yaml", ".yml") or f.name.endswith("_yaml")):
+                continue
+            try:
+                text = f.read_text()
+            except (OSError, UnicodeDecodeError):
+                continue
+            for m in _NAME_LINE.finditer(text):
+                names.update(x.strip(" '\"") for x in m.group(1).strip("[]").split(",") if x.strip(" '\""))
+    return names
+
+
+def _check_data(path: Path, raw: dict[str, Any], tasks: list[str], data_dir: Path | None) -> None:
+    """The data folder holds what the study's local-data tasks read (else every benchmark cell would fail)."""
+    for t in tasks:
+        needed = NEEDS_DATA.get(t) or ("mmlu" if t.startswith("qh_mmlu_") else None)
+        if needed is None:
+            continue
+        if data_dir is None:
+            raise StudyError(path, "benchmarks.data_dir", raw.get("data_dir"),
+                             f"a folder holding {needed} for task {t}: set data_dir or ${DATA_ENV}")
+        if not (data_dir / needed).exists():
+            raise StudyError(path, "benchmarks.data_dir", raw.get("data_dir", f"${DATA_ENV}"),
+                             f"a folder holding {needed} for task {t} ({data_dir / needed} does not exist)")
+
+
 def benchmark_name(task: str) -> str:
     return task.removeprefix("qh_")
 
@@ -133,6 +170,15 @@ def parse(ctx: SectionContext, table: object) -> BenchmarkSettings:
         if not p.is_dir():
             raise StudyError(path, f"benchmarks.include_path[{i}]", str(p), "an existing folder of task YAMLs")
     include = (TASKS_DIR, *(p for p in dict.fromkeys(own) if p.resolve() != TASKS_DIR.resolve()))
+    if not raw.get("stock_tasks", False):
+        known = task_names(include)
+        listed = ", ".join(sorted(n for n in known if "_mmlu_" not in n))
+        for i, t in enumerate(tasks):
+            if t not in known:
+                raise StudyError(path, f"benchmarks.tasks[{i}]", t, f"a task or group of the include path ({listed}, "
+                                 "qh_mmlu_<subject>), or stock_tasks = true for lm-eval's own tasks")
+    if ctx.check_data:
+        _check_data(path, raw, tasks, data_dir)
     options: dict[str, TaskOptions] = {}
     per_task = raw.get("per_task", {})
     for task, over in per_task.items():

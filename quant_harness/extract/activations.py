@@ -22,6 +22,9 @@ from quant_harness.models import adapter
 
 LAYER_CONVENTION = "block_output"
 LAYER_CONVENTION_TEXT = "layer L = output of decoder block L (resid_post) = hidden_states[L+1]"
+EXTRACTION_VERSION = 1
+"""Version of the numbers this module writes; every activation and SAE-residual cache key holds it. Bump it with any
+change that moves them (a tokenization, template or hook fix), so caches built by the old code are rebuilt."""
 
 
 def decoder_layers(model: Any) -> list[torch.nn.Module]:

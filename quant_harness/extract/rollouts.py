@@ -167,10 +167,8 @@ def responses(runner: CellRunner, model: str, precision: str, trait: TraitSpec) 
     study = runner.study
     contrast = runner.contrast(trait)
     settings = settings_for(study, trait)
-    card = study.cards[model]
-    components = {"model": card.name, "weights": card.identity, "precision": precision,
-                  "precision_settings": runner.precision_settings(model, precision),
-                  "dataset": contrast.content_hash(), "generation": settings.key()}
+    components = {**runner.key_components(model, precision), "dataset": contrast.content_hash(),
+                  "generation": settings.key()}
 
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
         lm = runner.pool.get(model, precision)

@@ -1,12 +1,19 @@
-"""The ``vectors`` kind: per-layer cosine of a trait's vectors at a quantized precision against the reference's."""
+"""The ``vectors`` kind: per-layer cosine of a trait's vectors at a quantized precision against the reference's.
+
+The verdict comes from quant_harness.metrics.resample.vector_agreement on the cached activations (no model work):
+a paired bootstrap over the contrast examples (the same resample at both precisions) gives the interval of the
+layer-mean cosine, and the reference's self-cosine over the same resamples is the noise floor that decides whether
+the data can tell a quantization shift from the noise of its few dozen examples.
+"""
 
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quant_harness.metrics import tensors as metrics
-from quant_harness.metrics.confidence import bootstrap_ci, judge_interval
+from quant_harness.extract import methods
+from quant_harness.metrics import resample
 from quant_harness.records import CellResult
 from quant_harness.study.spec import Cell
 
@@ -14,34 +21,64 @@ if TYPE_CHECKING:
     from quant_harness.protocols import CellRunner
 
 
+def rows_correspond(ref: Any, quant: Any) -> bool:
+    """Whether row i of two activation entries (``Entry``) is the same example at both precisions, so that both can
+    take the same bootstrap resample. Prompt datasets (CAA, Arditi) always line up; PV rollouts line up when both
+    read the same responses (replay) or every pair was kept at both precisions."""
+    for side in ("pos", "neg"):
+        if ref.tensors[side].shape[0] != quant.tensors[side].shape[0]:
+            return False
+    ri, qi = ref.meta.get("info", {}), quant.meta.get("info", {})
+    if "kept_pairs" not in ri and "kept_pairs" not in qi:
+        return True
+    if ri.get("responses_from") is not None and ri.get("responses_from") == qi.get("responses_from"):
+        return True
+    return bool(ri.get("kept_pairs") == ri.get("n_pairs") and qi.get("kept_pairs") == qi.get("n_pairs"))
+
+
 def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
-    """Per-layer cosine of the cell's vectors against the reference precision's, norms, massive-dim energy."""
+    """Per-layer cosine of the cell's vectors against the reference precision's, its paired bootstrap interval and
+    the reference's self-agreement floor, norms, massive-dim energy."""
     study, trait = runner.study, runner.study.trait(cell.trait)
-    ref = runner.vectors(cell.model, study.reference, trait, cell.method)
-    quant = runner.vectors(cell.model, cell.precision, trait, cell.method)
-    layers = sorted(ref)
+    contrast = runner.contrast(trait)
+    ref_e = runner.activations(cell.model, study.reference, trait)
+    q_e = runner.activations(cell.model, cell.precision, trait)
+    layers = list(ref_e.meta["components"]["layers"])
+    rp, rn, qp, qn = ref_e.tensors["pos"], ref_e.tensors["neg"], q_e.tensors["pos"], q_e.tensors["neg"]
+    paired = contrast.paired and len(rp) == len(rn) and len(qp) == len(qn)
+    a = resample.vector_agreement(
+        rp, rn, qp, qn, methods.resampled(cell.method, paired=paired), study.bands["cosine"], seed=study.seed,
+        n_boot=study.bootstrap_n, level=study.ci_level, paired=paired, paired_precisions=rows_correspond(ref_e, q_e),
+        align_to_mean_diff=cell.method == "pca", layers=layers, fail_on=study.fail_on,
+        fail_on_inconclusive=study.fail_on_inconclusive)
     k = study.massive_dims_k
-    cos = [metrics.cosine(ref[L], quant[L], what=f"cell {cell.id}: layer {L} vector") for L in layers]
+    cos = a.cosine
     per_layer = {
         "cosine": cos,
-        "norm_reference": [float(ref[L].norm()) for L in layers],
-        "norm": [float(quant[L].norm()) for L in layers],
-        "massive_dim_energy_reference": [metrics.massive_dim_energy(ref[L], k) for L in layers],
-        "massive_dim_energy": [metrics.massive_dim_energy(quant[L], k) for L in layers],
+        "self_cosine_reference": a.self_cosine,
+        "norm_reference": [float(v.norm()) for v in a.reference],
+        "norm": [float(v.norm()) for v in a.quantized],
+        "massive_dim_energy_reference": [metrics.massive_dim_energy(v, k) for v in a.reference],
+        "massive_dim_energy": [metrics.massive_dim_energy(v, k) for v in a.quantized],
     }
-    mean_cos = statistics.fmean(cos)
+    mean_cos = a.value
     worst = min(range(len(cos)), key=cos.__getitem__)
-    ci = bootstrap_ci(cos, seed=study.seed, n=study.bootstrap_n, level=study.ci_level,
-                      what=f"cell {cell.id}: cosine over layers")
-    j = judge_interval("cosine", ci, study.bands["cosine"], study.fail_on, study.fail_on_inconclusive)
     figures = {
         "cosine_mean": mean_cos, "cosine_min": cos[worst], "cosine_min_layer": layers[worst],
         "cosine_max": max(cos), "norm_ratio_mean": statistics.fmean(
             q / r for q, r in zip(per_layer["norm"], per_layer["norm_reference"])),
         "massive_dim_energy_mean": statistics.fmean(per_layer["massive_dim_energy"]),
-        "n_layers": len(layers), **ci.figures("cosine_mean"),
+        "n_layers": len(layers), **a.figures(),
     }
+    notes = [f"resampled: {a.resampled()}",
+             f"reference self-cosine median {a.self_mean:.4f}, {resample.tail(a.interval.level):.1%} quantile "
+             f"{a.self_low:.4f}; quantization shift 1-cos {1 - mean_cos:.4f} against the reference's own "
+             f"1-self {1 - a.self_mean:.4f}"]
+    if cell.method == "pca":
+        notes.append("PCA vectors at both precisions signed to agree with the reference's mean difference")
+        if not paired:
+            notes.append("unpaired data: PCA of every positive-negative difference (no file-order pairing)")
     return CellResult(
-        cell_id=cell.id, kind="vectors", verdict=j.verdict.label, metric="cosine_mean", value=mean_cos,
-        figures=figures, per_layer=per_layer, layers=layers, explanation=j.explain(),
+        cell_id=cell.id, kind="vectors", verdict=a.judgement.verdict.label, metric="cosine_mean", value=mean_cos,
+        figures=figures, per_layer=per_layer, layers=layers, explanation="; ".join([a.judgement.explain(), *notes]),
         provenance=runner.provenance(cell, trait))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from quant_harness import data
-from quant_harness._util import counters, progress
+from quant_harness._util import counters, files, progress
 from quant_harness.errors import JudgeError, PrecisionUnavailable
 from quant_harness.judge.settings import LOCAL, JudgeSettings
 from quant_harness.store import ArtefactStore, JsonCodec, key_of, legacy_json
@@ -131,14 +131,25 @@ _ANSWERS: JsonCodec[dict[str, Any]] = JsonCodec(decode=_answer)
 """A judge answer: ``{"model", "content", "logprobs"}``; one without text or logprobs is a miss (asked again)."""
 
 
+class Unanswered(JudgeError):
+    """The endpoint gave no usable answer within the retries (5xx, 429, timeouts, connection errors, a body that is
+    not a chat completion): the answer is unscored and counted, and not cached, so a re-run asks again."""
+
+
+RETRY_AFTER_CAP = 60.0
+"""Longest wait (seconds) a 429's Retry-After header is honoured for."""
+
+
 class Judge:
     """A cached, retrying 0-100 judge over an OpenAI-compatible endpoint."""
 
     def __init__(self, settings: JudgeSettings, cache_dir: Path, *, base_url: str | None = None,
-                 model: str | None = None, api_key: str | None = None) -> None:
+                 model: str | None = None, api_key: str | None = None, endpoint: str | None = None) -> None:
         self.settings = settings
         self.base_url = base_url or settings.base_url
         self.model = model or settings.model
+        self.endpoint = endpoint or self.base_url
+        """Who answers, as cache keys name it: the base URL, or the local server's checkpoint (its port changes)."""
         self._store = ArtefactStore(Path(cache_dir))
         key = api_key if api_key is not None else os.environ.get(settings.api_key_env)
         if not key:
@@ -148,6 +159,8 @@ class Judge:
 
         self._client = OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=settings.timeout)
         self.calls = 0
+        self.unanswered = 0
+        """Prompts that got no answer after the retries (each an unscored Score)."""
 
     def _request(self, prompt: str) -> dict[str, Any]:
         s = self.settings
@@ -159,10 +172,16 @@ class Judge:
             req["extra_body"] = {"quant_harness_number": True}
         return req
 
+    def components(self, prompt: str) -> dict[str, Any]:
+        """The cache key of one judged prompt: the endpoint, and the request (judge model, prompt, settings)."""
+        return {"endpoint": self.endpoint, "request": self._request(prompt)}
+
     def score(self, prompt: str) -> Score:
-        """Judge one filled prompt (from the artefact store when it was asked before, by any process)."""
-        req = self._request(prompt)
-        key = key_of(req)
+        """Judge one filled prompt (from the artefact store when it was asked before, by any process). No answer
+        after the retries is an unscored Score (counted in ``judge_unscored``, not cached: a re-run asks again)."""
+        components = self.components(prompt)
+        req = components["request"]
+        key = key_of(components)
 
         def ask() -> dict[str, Any]:
             content, logprobs = self._call(req)
@@ -173,8 +192,27 @@ class Judge:
             h = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
             return legacy_json(self._store.root / "judge" / h[:2] / f"{h}.json", None, None)
 
-        answer = self._store.get_or_build("judge", req, ask, _ANSWERS, under=key[:2], legacy=before).value
-        return score_answer(answer["content"], answer["logprobs"])
+        try:
+            answer = self._store.get_or_build("judge", components, ask, _ANSWERS, under=key[:2], legacy=before).value
+        except Unanswered as e:
+            self.unanswered += 1
+            counters.add("judge_unscored")
+            return Score(None, "unscored", f"<no answer: {e}>")
+        scored = score_answer(answer["content"], answer["logprobs"])
+        if scored.value is None:
+            counters.add("judge_unscored")
+        return scored
+
+    def _wait(self, attempt: int, error: Exception | None) -> float:
+        """Seconds before retry ``attempt`` (1, 2, ...): exponential backoff, or a 429's Retry-After when longer
+        (capped at RETRY_AFTER_CAP)."""
+        wait = self.settings.backoff * 2 ** (attempt - 1)
+        response = getattr(error, "response", None)
+        header = response.headers.get("retry-after") if response is not None else None
+        try:
+            return max(wait, min(float(header), RETRY_AFTER_CAP)) if header else wait
+        except ValueError:
+            return wait
 
     def _call(self, req: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:
         import openai
@@ -182,24 +220,31 @@ class Judge:
         last: Exception | None = None
         for attempt in range(self.settings.max_retries + 1):
             if attempt:
-                time.sleep(self.settings.backoff * 2 ** (attempt - 1))
+                time.sleep(self._wait(attempt, last))
             try:
                 self.calls += 1
                 counters.add("judge_calls")
                 resp = self._client.chat.completions.create(**req)
+                choice = resp.choices[0]
+                lp = choice.logprobs.content if choice.logprobs and choice.logprobs.content else None
+                tokens = [t.model_dump() for t in lp] if lp else None
+                content = choice.message.content
+                if content is not None and not isinstance(content, str):
+                    raise TypeError(f"message content is a {type(content).__name__}")
+                return content or "", tokens
             except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                    openai.APIConnectionError) as e:
+                    openai.APIConnectionError, openai.APIResponseValidationError) as e:
                 last = e
-                progress.note(f"judge: {type(e).__name__} from {self.base_url} (attempt {attempt + 1}); retrying")
-                continue
             except openai.APIStatusError as e:
-                raise JudgeError(f"judge {self.model} at {self.base_url}: HTTP {e.status_code}: {e.message}") from e
-            choice = resp.choices[0]
-            lp = choice.logprobs.content if choice.logprobs and choice.logprobs.content else None
-            tokens = [t.model_dump() for t in lp] if lp else None
-            return choice.message.content or "", tokens
-        raise JudgeError(f"judge {self.model} at {self.base_url}: no answer after {self.settings.max_retries + 1} "
-                         f"attempts ({type(last).__name__}: {last})")
+                raise JudgeError(f"judge {self.model} at {self.base_url}: HTTP {e.status_code}: {e.message}; "
+                                 "expected a chat completion (check [judge] base_url, model and the key)") from e
+            except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+                last = e  # a 200 whose body is not a chat completion (truncated JSON, missing choices)
+            progress.note(f"judge: {type(last).__name__} from {self.base_url} (attempt {attempt + 1} of "
+                          f"{self.settings.max_retries + 1})" + ("; retrying" if attempt < self.settings.max_retries
+                                                                  else ""))
+        raise Unanswered(f"judge {self.model} at {self.base_url}: no answer after {self.settings.max_retries + 1} "
+                         f"attempts ({type(last).__name__}: {str(last)[:200]})")
 
 
 class LocalServer:
@@ -254,7 +299,8 @@ def open_judge(s: JudgeSettings, cache_dir: Path, model_dir: Path) -> Iterator[J
     try:
         url = server.start()
         local = replace(s, constrain_number=True) if s.constrain_number is None else s
-        yield Judge(local, cache_dir, base_url=url, model=server.name, api_key="local")
+        yield Judge(local, cache_dir, base_url=url, model=server.name, api_key="local",
+                    endpoint=f"local:{checkpoint.name}:{files.digest(checkpoint)}")
     finally:
         server.stop()
 

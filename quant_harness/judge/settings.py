@@ -31,12 +31,15 @@ class JudgeSettings:
     logprobs: bool = True
     constrain_number: bool | None = None
     """Ask the server to decode only an integer (quant_harness.judge_server's extension). None: on for "local"."""
+    max_unscored: float = 0.5
+    """Largest share of a judged run's answers that may be unscored (no answer after the retries, or no number in
+    it); more is a cell error that says how many and why, never a score built from the few that came back."""
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "base_url": str, "model": str, "api_key_env": str, "local_model": str, "timeout": (int, float),
     "max_retries": int, "backoff": (int, float), "max_tokens": int, "logprobs": bool,
-    "constrain_number": bool,
+    "constrain_number": bool, "max_unscored": (int, float),
 }
 
 
@@ -51,4 +54,11 @@ def parse(ctx: SectionContext, table: object) -> JudgeSettings:
         raise StudyError(path, "judge.max_retries", table["max_retries"], "0 or a positive number of retries")
     if table.get("timeout", 1) <= 0:
         raise StudyError(path, "judge.timeout", table["timeout"], "a positive number of seconds")
-    return JudgeSettings(**{k: (float(v) if k in ("timeout", "backoff") else v) for k, v in table.items()})
+    if not 0.0 <= table.get("max_unscored", 0.0) <= 1.0:
+        raise StudyError(path, "judge.max_unscored", table["max_unscored"], "a share of answers in 0..1")
+    if table.get("backoff", 0.0) < 0:
+        raise StudyError(path, "judge.backoff", table["backoff"], "0 or a positive number of seconds")
+    if "api_key_env" in table and not table["api_key_env"].strip():
+        raise StudyError(path, "judge.api_key_env", table["api_key_env"], "the name of an environment variable")
+    floats = ("timeout", "backoff", "max_unscored")
+    return JudgeSettings(**{k: (float(v) if k in floats else v) for k, v in table.items()})

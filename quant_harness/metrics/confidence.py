@@ -72,9 +72,24 @@ def bootstrap_ci(data: Sequence[float] | Resample, *, seed: int, n: int = 1000, 
             raise CellError(f"{what}: no values to bootstrap")
         reps = values[rng.integers(0, values.size, size=(n, values.size))].mean(axis=1)
         centre = float(values.mean()) if point is None else _check(point, what)
+    return from_replicates(centre, reps, level=level, seed=seed, what=what)
+
+
+def from_replicates(point: float, replicates: Sequence[float] | np.ndarray, *, level: float, seed: int,
+                    what: str = "figure") -> Interval:
+    """The percentile interval of bootstrap ``replicates`` around ``point`` (widened to contain it), for statistics
+    whose replicates are computed elsewhere (quant_harness.metrics.resample)."""
+    reps = np.asarray(replicates, dtype=np.float64)
+    if reps.size == 0:
+        raise CellError(f"{what}: no bootstrap replicates")
+    if not np.isfinite(reps).all():
+        raise CellError(f"{what}: a bootstrap replicate is not finite; refusing to bootstrap it")
+    if not 0.0 < level < 1.0:
+        raise CellError(f"{what}: confidence level must be in (0, 1), got {level}")
+    centre = _check(point, what)
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(reps, [tail, 1.0 - tail])
-    return Interval(centre, float(min(low, centre)), float(max(high, centre)), level, n, seed)
+    return Interval(centre, float(min(low, centre)), float(max(high, centre)), level, int(reps.size), seed)
 
 
 def classify_interval(interval: Interval, band: Band, *, what: str = "figure") -> Verdict:

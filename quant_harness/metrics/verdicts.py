@@ -65,6 +65,11 @@ DEFAULT_BANDS: dict[str, Band] = {
     "accuracy_drop": Band(0.01, 0.03, higher_is_better=False),
     "logit_corr": Band(0.90, 0.70),
     "auroc": Band(0.90, 0.60),
+    # The probe cells' drop in validation AUROC from the reference (reference - quantized). The reference must clear
+    # AUROC 0.6 (lower end of its interval) to be judged at all, and the plan flags AUROC < 0.55 for investigation:
+    # a drop above 0.15 takes a reference near that gate to chance, so it is broken; below 0.05 (under two of 36
+    # pos-neg comparisons flipped on a 6-vs-6 validation split) the trait reads as well as at the reference.
+    "auroc_drop": Band(0.05, 0.15, higher_is_better=False),
     "sae_overlap": Band(0.90, 0.70),
 }
 
@@ -93,10 +98,10 @@ class Judgement:
         limit = "never fails" if self.fail_on is None else f"fail_on={self.fail_on.label}"
         if self.verdict is Verdict.INCONCLUSIVE:
             limit += ", inconclusive fails" if self.fail_on_inconclusive else ", inconclusive passes"
-        if self.reason:
-            return f"{self.metric} {self.value:.4f}: {self.verdict.label.upper()} ({self.reason}; {limit})"
         ci = "" if self.interval is None else \
             f" ({self.level:.0%} CI {self.interval[0]:.4f}..{self.interval[1]:.4f})"
+        if self.reason:
+            return f"{self.metric} {self.value:.4f}{ci}: {self.verdict.label.upper()} ({self.reason}; {limit})"
         return f"{self.metric} {self.value:.4f}{ci}: {self.verdict.label.upper()} ({self.band.describe()}; {limit})"
 
 

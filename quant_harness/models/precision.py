@@ -21,7 +21,7 @@ from filelock import FileLock
 from quant_harness.models.cards import ModelCard
 from quant_harness.models.embedded import materialize, save_checkpoint
 from quant_harness.models.registry import PRECISIONS, REGISTRY
-from quant_harness.errors import PrecisionUnavailable
+from quant_harness.errors import PrecisionUnavailable, StudyError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -121,7 +121,7 @@ def load(
 ) -> LoadedModel:
     """Load ``card`` at ``precision``; raises PrecisionUnavailable with the reason when it cannot run here."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if precision not in PRECISIONS:
         raise PrecisionUnavailable(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
@@ -130,6 +130,8 @@ def load(
         raise PrecisionUnavailable(reason)
     source = weights_source(card, model_dir)
     kwargs: dict[str, Any] = {"device_map": _device_map(card.gpus)}
+    if card.revision and source == card.hub_id:
+        kwargs["revision"] = card.revision  # the pinned hub snapshot the cache keys name (models.identity)
     notes: list[str] = []
     t0 = time.perf_counter()
     if precision in FULL:
@@ -150,6 +152,7 @@ def load(
         notes.append("LLM.int8, outlier threshold 6.0")
     else:
         kwargs["dtype"] = _compute_dtype(card.native_dtype)
+        kwargs.pop("revision", None)  # the base model's revision is not the GPTQ checkpoint's
         if card.gptq == "none":
             raise PrecisionUnavailable(f"{card.name} has no GPTQ checkpoint (card {card.source_file}: gptq = none)")
         if card.gptq == "quantize":
@@ -162,13 +165,32 @@ def load(
             notes.append(f"pre-quantized GPTQ checkpoint {card.gptq}")
     log.warning("quant_harness: loading %s at %s from %s", card.name, precision, source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **({"revision": kwargs["revision"]} if "revision" in kwargs else {}))
+        revision = {"revision": kwargs["revision"]} if "revision" in kwargs else {}
+        check_config(card, AutoConfig.from_pretrained(source, **revision), source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **revision)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise PrecisionUnavailable(f"cannot load {card.name} at {precision} from {source}: {e}") from e
     model.eval()
     device = str(next(model.parameters()).device)
     return LoadedModel(model, tokenizer, card.name, precision, source, time.perf_counter() - t0, device, notes)
+
+
+CARD_FIELDS = {"layers": "num_hidden_layers", "hidden_size": "hidden_size"}
+"""Card fields every loaded checkpoint's (text) config must agree with: layer indices and vector widths of cells,
+cache keys and SAE dictionaries are read off the card before any model loads."""
+
+
+def check_config(card: ModelCard, config: Any, source: str) -> None:
+    """The card's ``layers`` and ``hidden_size`` against the checkpoint's config (a multimodal config's text part);
+    a disagreement (a wrong card, a GPTQ checkpoint of another model) is a StudyError naming the card file, the field
+    and both values, raised before any weight loads."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for field_name, attr in CARD_FIELDS.items():
+        have, want = getattr(text, attr, None), getattr(card, field_name)
+        if have is not None and int(have) != int(want):
+            raise StudyError(card.source_file or card.name, field_name, want,
+                             f"{have}, the {attr} of the checkpoint {source} it loads (card and weights disagree)")
 
 
 def weights_source(card: ModelCard, model_dir: Path) -> str:
@@ -185,7 +207,14 @@ def quantize_gptq(card: ModelCard, source: str, model_dir: Path, calibration: li
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GPTQConfig
 
-    target = model_dir / f"{card.name}-gptq{GPTQ_BITS}-g{card.gptq_group_size}-{calibration_hash(calibration)}"
+    from quant_harness.models import identity
+
+    # the quantized checkpoint is a function of the base weights, the calibration, gptqmodel and the device it ran on
+    made_from = identity.model_identity(card) | {"gptqmodel": identity.library_versions()["gptqmodel"],
+                                                 "device": identity.device_type()}
+    built = hashlib.sha256(repr(sorted(made_from.items())).encode()).hexdigest()[:8]
+    target = model_dir / (f"{card.name}-gptq{GPTQ_BITS}-g{card.gptq_group_size}-{calibration_hash(calibration)}"
+                          f"-{built}")
     if (target / "config.json").is_file():
         return target
     model_dir.mkdir(parents=True, exist_ok=True)

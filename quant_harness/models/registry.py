@@ -25,7 +25,7 @@ class PrecisionSpec:
     """Weight bytes per parameter, for the planner's GPU memory estimate: 16-bit 2, LLM.int8 ~1 plus outlier
     columns, 4-bit ~0.5 plus scales and zeros."""
     display_order: int
-    """Position in reports' tables and plots (full precisions widest first, then 8-bit, then 4-bit)."""
+    """Position in reports' tables and plots: fp32, bf16, fp16, then int8, nf4, gptq (unlike the registry order)."""
     needs_cuda: bool = False
     """Whether it cannot run without a CUDA device. None does: bitsandbytes >= 0.46 has CPU kernels for NF4 and
     LLM.int8, and gptqmodel quantizes and runs on CPU (``models.precision.unavailable_reason`` says what else a

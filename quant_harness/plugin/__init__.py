@@ -23,7 +23,7 @@ from quant_harness.errors import StudyError
 from quant_harness.plugin import scale
 from quant_harness.plugin.fixtures import Outcome, cell_result, quant_runner, quant_study, record_cell
 from quant_harness.plugin.keys import RECORD, REPORTS, STATE, STUDY
-from quant_harness.plugin.options import add_options, cache_dir, report_dir, setting
+from quant_harness.plugin.options import add_options, cache_dir, check_writable, planning, report_dir, setting
 from quant_harness.plugin.state import RunState, TerminalSink
 from quant_harness.scale.scheduling import by_group
 from quant_harness.study.kinds import cells
@@ -53,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                              check_data=not config.getoption("quant_plan"))
         except StudyError as e:
             raise pytest.UsageError(str(e)) from e
+        check_writable(config)
     from quant_harness.plugin.reports import ReportHooks
 
     config.stash[REPORTS] = ReportHooks(config, config.stash[STUDY])
@@ -137,6 +138,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     lead = [f"{model}-{study.reference}" for model in sorted(study.cards)] if study is not None else []
     items[:] = [items[i] for i in by_group(groups, lead)]
     scale.select_shard(config, items)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The files the selected cells read (held-out A/B questions, judge and refusal prompts): a missing or bad one is
+    a usage error now, before any model loads. Not on xdist workers (each would stop alone): there the cell errors."""
+    config = session.config
+    study = config.stash.get(STUDY, None)
+    if study is None or planning(config) or hasattr(config, "workerinput"):
+        return
+    from quant_harness.study.files import check_cell_files
+
+    selected = [item.callspec.params["cell"] for item in session.items
+                if "cell" in getattr(getattr(item, "callspec", None), "params", {})]
+    try:
+        check_cell_files(study, selected)
+    except StudyError as e:
+        raise pytest.UsageError(str(e)) from e
 
 
 @pytest.hookimpl(tryfirst=True)

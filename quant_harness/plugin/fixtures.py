@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Callable, Generator
 
 import pytest
 
-from quant_harness.errors import CellError, DatasetError, PrecisionUnavailable
+from quant_harness.errors import PrecisionUnavailable, QuantHarnessError
 from quant_harness.metrics.verdicts import is_allowed
 from quant_harness.plugin.keys import RECORD, REPORTS, STATE, STUDY
 from quant_harness.plugin.options import cache_dir, model_dir
@@ -46,8 +46,17 @@ def cell_result(cell: Cell, quant_runner: CellRunner) -> CellResult:
         return KINDS[cell.kind].run(quant_runner, cell)
     except PrecisionUnavailable as e:
         pytest.skip(str(e))
-    except (CellError, DatasetError) as e:
-        raise CellError(f"cell {cell.id}: {e}") from e
+    except QuantHarnessError as e:
+        # every error the library raises on purpose already names the file or endpoint, the field and what was
+        # expected: the cell's ERROR says that in one line, the cell first, without a traceback to read past
+        raise CellError(f"cell {cell.id}: {e}", pytrace=False) from e
+
+
+class CellError(pytest.fail.Exception):  # type: ignore[misc,name-defined]
+    """A cell that cannot be scored (bad data, a NaN, a damaged bundle, an unreachable judge, a full cache): an
+    ERROR of the cell whose report is the one line ``CellError: cell <id>: <file or endpoint>: <what> ...``."""
+
+    __module__ = "builtins"  # so pytest prints "CellError: ..." as it prints "Failed: ..."
 
 
 class Outcome:

@@ -81,3 +81,21 @@ def report_dir(config: pytest.Config) -> Path:
 
 def planning(config: pytest.Config) -> bool:
     return bool(config.getoption("quant_plan", False))
+
+
+def check_writable(config: pytest.Config) -> None:
+    """The cache folder must take files before any cell runs (every cell writes there, and a warm run still takes
+    per-entry locks): a read-only or full folder, or a path that is a file, is a usage error naming it. Not checked
+    for --quant-plan and --collect-only, which write nothing."""
+    if planning(config) or config.getoption("collectonly", False):
+        return
+    import tempfile
+
+    where = cache_dir(config)
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise pytest.UsageError(f"{where}: --quant-cache-dir = {str(where)!r}: expected a writable folder with free "
+                                f"space ({type(e).__name__}: {e.strerror or e})") from e

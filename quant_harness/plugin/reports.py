@@ -14,7 +14,7 @@ from quant_harness.plugin.keys import STATE
 from quant_harness.plugin.options import cache_dir, report_dir
 from quant_harness.report import baselines
 from quant_harness.records import CellResult, Record
-from quant_harness.study.kinds import all_cells
+from quant_harness.study.kinds import KINDS, all_cells
 from quant_harness.study.spec import Study
 
 
@@ -29,7 +29,8 @@ class ReportHooks:
             folder = str(config.getini("quant_baselines_dir") or "cases/baselines")
             root = config.rootpath / folder
             self.baselines = baselines.Baselines(root / study.name, study.baselines,
-                                                 bool(config.getoption("quant_update_baselines")))
+                                                 bool(config.getoption("quant_update_baselines")),
+                                                 bands=study.bands)
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         """Name the study and its reference in pytest-html's Environment table (pytest-metadata)."""

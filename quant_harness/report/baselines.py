@@ -3,8 +3,13 @@
 ``cases/baselines/<study>/<kind>/<cell-id>.json`` holds a cell's scalar figures, verdict and library versions
 (kind is a folder because a vectors cell and a probes cell share a cell id). A normal run compares each cell's
 figures with its baseline and fails the cell whose figure got worse by more than the study's tolerance
-(``[baselines]`` table); ``--quant-update-baselines`` records the selected cells instead, written once by the
-controller at session end, and deletes baselines no cell of the study owns.
+(``[baselines]`` table), or whose verdict got worse (robust to anything else, inconclusive included; degraded to
+broken); ``--quant-update-baselines`` records the selected cells instead, written once by the controller at session
+end, and deletes baselines no cell of the study owns.
+
+Which way is worse: the headline ``metric`` of a record goes the way of the band that judges it (the study's
+bands, ``Band.higher_is_better``); every other figure goes the way its kind's registry entry says
+(quant_harness.study.kinds, ``KindSpec.directions``); a figure the entry does not name is noted, never failed.
 """
 
 from __future__ import annotations
@@ -14,88 +19,39 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from quant_harness._util import files
-from quant_harness._util.validate import SectionContext
-from quant_harness.errors import StudyError
+from quant_harness.metrics.verdicts import DEFAULT_BANDS, Band
+from quant_harness.report.settings import BaselineSettings
+from quant_harness.study.kinds import KINDS, figure_base
 
 if TYPE_CHECKING:
     from quant_harness.records import Record
 
 VERSION_KEYS = ("torch", "transformers", "bitsandbytes", "gptqmodel", "lm_eval", "scikit-learn")
-_LOWER_IS_BETTER = ("degradation", "drop", "error", "loss")
-_HIGHER_IS_BETTER = ("cosine", "auroc", "corr", "overlap", "fidelity", "accuracy", "acc", "delta")
 _BAND_ORDER = {"robust": 0, "degraded": 1, "broken": 2}
 
+Direction = Callable[[str, str], int]
+"""``(kind, figure name) -> +1`` (larger is better), ``-1`` (smaller is better) or ``0`` (no direction: noted, never
+failed)."""
 
 class BaselineVersionWarning(UserWarning):
     """A baseline was recorded under other library versions: its figures are compared, but may differ for that."""
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """How far a figure may move the wrong way: absolute, or relative to the baseline (``"5%"``)."""
-
-    value: float
-    relative: bool = False
-
-    def allows(self, baseline: float, now: float) -> bool:
-        limit = abs(baseline) * self.value if self.relative else self.value
-        return abs(now - baseline) <= limit + 1e-12
-
-    def describe(self) -> str:
-        return f"{self.value:.0%} relative" if self.relative else f"{self.value:g} absolute"
+def direction(kind: str, name: str) -> int:
+    """+1 when a larger figure is better, -1 when smaller is better, 0 when it has no direction (counts, norms,
+    standard errors, figures the kind does not register): the kind registry's entry decides."""
+    spec = KINDS.get(kind)
+    return spec.direction(name) if spec is not None else 0
 
 
-@dataclass(frozen=True)
-class BaselineSettings:
-    """The study's ``[baselines]`` table: ``tolerance`` (default 0.02 absolute) and per-figure overrides."""
-
-    tolerance: Tolerance = Tolerance(0.02)
-    figures: dict[str, Tolerance] = field(default_factory=dict)
-
-    def for_figure(self, name: str) -> Tolerance:
-        return self.figures.get(name, self.tolerance)
-
-
-def _tolerance(path: Path, key: str, value: object) -> Tolerance:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return Tolerance(float(value))
-    if isinstance(value, str) and value.endswith("%"):
-        try:
-            pct = float(value[:-1])
-        except ValueError:
-            pct = -1.0
-        if pct >= 0:
-            return Tolerance(pct / 100.0, relative=True)
-    raise StudyError(path, key, value, 'a non-negative number (absolute) or a percentage string like "5%"')
-
-
-def parse(ctx: SectionContext, table: object) -> BaselineSettings:
-    """Validate a study's ``[baselines]`` table; a bad key is a StudyError naming file, key and expectation."""
-    study_path = ctx.path
-    if table is None:
-        return BaselineSettings()
-    if not isinstance(table, dict):
-        raise StudyError(study_path, "baselines", table, "a table")
-    for key in table:
-        if key not in ("tolerance", "figures"):
-            raise StudyError(study_path, f"baselines.{key}", table[key], "one of tolerance, figures")
-    per = table.get("figures", {})
-    if not isinstance(per, dict):
-        raise StudyError(study_path, "baselines.figures", per, "a table of figure = tolerance")
-    return BaselineSettings(_tolerance(study_path, "baselines.tolerance", table.get("tolerance", 0.02)),
-                    {k: _tolerance(study_path, f"baselines.figures.{k}", v) for k, v in per.items()})
-
-
-def direction(name: str) -> int:
-    """+1 when a larger figure is better, -1 when smaller is better, 0 when it has no direction (counts, norms)."""
-    if name.startswith("n_") or name.endswith(("_layer", "_index", "_count")):
-        return 0
-    if any(k in name for k in _LOWER_IS_BETTER):
-        return -1
-    return 1 if any(k in name for k in _HIGHER_IS_BETTER) else 0
+def headline_direction(kind: str, metric: str, bands: Mapping[str, Band]) -> int | None:
+    """The direction of a record's headline ``metric`` from the band that judges it, or None when the metric is not
+    a banded figure of its kind (then ``direction`` decides)."""
+    spec = KINDS.get(kind)
+    return spec.headline_direction(metric, bands) if spec is not None else None
 
 
 def _number(v: object) -> bool:
@@ -105,10 +61,22 @@ def _number(v: object) -> bool:
 def snapshot(record: Record) -> dict[str, Any]:
     """What a baseline file holds: scalar figures (rounded for diffs), verdict, and the library versions."""
     figs = {k: round(float(v), 6) for k, v in sorted(record.get("figures", {}).items()) if _number(v)}
+    metric, value = record.get("metric"), record.get("value")
+    if isinstance(metric, str) and metric not in figs and isinstance(value, (int, float)) and \
+            not isinstance(value, bool) and math.isfinite(value):
+        figs[metric] = round(float(value), 6)   # the headline is gated even where figures do not repeat it
     vers = record.get("provenance", {}).get("versions", {})
     return {"cell_id": record["cell_id"], "kind": record["kind"], "metric": record.get("metric"),
             "verdict": record.get("verdict"), "figures": figs,
             "versions": {k: vers[k] for k in VERSION_KEYS if k in vers}}
+
+
+def _worse_verdict(old: str, new: str) -> bool:
+    """Robust to anything else (degraded, broken, inconclusive), or one band down (degraded to broken)."""
+    if old == "robust":
+        return new != "robust"
+    a, b = _BAND_ORDER.get(old), _BAND_ORDER.get(new)
+    return a is not None and b is not None and b > a
 
 
 @dataclass
@@ -128,6 +96,18 @@ class Baselines:
     folder: Path
     settings: BaselineSettings
     update: bool = False
+    bands: Mapping[str, Band] = field(default_factory=lambda: dict(DEFAULT_BANDS))
+    """The study's bands: they give the headline metric's direction."""
+    direction: Direction = direction
+    """The direction of every other figure."""
+
+    def sign(self, kind: str, metric: str, name: str) -> int:
+        """Which way is better for figure ``name`` of a ``kind`` record whose headline is ``metric``."""
+        if figure_base(name) == metric:
+            head = headline_direction(kind, metric, self.bands)
+            if head is not None:
+                return head
+        return self.direction(kind, name)
 
     def path(self, kind: str, cell_id: str) -> Path:
         return self.folder / kind / f"{cell_id}.json"
@@ -152,8 +132,9 @@ class Baselines:
                 + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items()))
                 + "); figures compared anyway; re-run with --quant-update-baselines to re-record"), stacklevel=2)
         out = Check("ok")
+        kind, metric = str(record["kind"]), str(now.get("metric") or base.get("metric") or "")
         for name, old in base.get("figures", {}).items():
-            tol, new, sign = self.settings.for_figure(name), now["figures"].get(name), direction(name)
+            tol, new, sign = self.settings.for_figure(name), now["figures"].get(name), self.sign(kind, metric, name)
             if not _number(old):
                 continue
             if new is None or not math.isfinite(float(new)):
@@ -166,8 +147,7 @@ class Baselines:
             elif (new - old) * sign < 0:
                 out.regressions.append(f"{name} got worse: baseline {old:.6g}, now {new:.6g}, "
                                        f"tolerance {tol.describe()}")
-        old_v, new_v = _BAND_ORDER.get(str(base.get("verdict"))), _BAND_ORDER.get(str(now["verdict"]))
-        if old_v is not None and new_v is not None and new_v > old_v:
+        if _worse_verdict(str(base.get("verdict")), str(now["verdict"])):
             out.regressions.append(f"verdict got worse: baseline {base['verdict']}, now {now['verdict']}")
         if out.regressions:
             out.status = "regressed"

@@ -70,13 +70,39 @@ def _h1(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
     return f"{answer}: {below} of {len(recs)} vector cells have a mean cosine below 0.999", lines
 
 
-def _kind_summary(recs: list[Record]) -> list[str]:
-    by_prec: dict[str, list[float]] = {}
+_FIGURE = {
+    "steering": ("degradation", "degradation of the judged steering delta at the reference's operating point"),
+    "refusal": ("degradation", "degradation of the refusal effect"),
+    "logit_diff": ("logit_corr", "correlation of per-question A/B steerability slopes with the reference's"),
+    "transfer": ("transfer_ratio", "transfer ratio (reference vectors' A/B slope over the own vectors')"),
+}
+"""Per steering kind, the one figure its findings line states, and what it is."""
+
+
+def _verdict_counts(recs: list[Record]) -> str:
+    counts: dict[str, int] = {}
     for r in recs:
-        by_prec.setdefault(split_cell_id(r["cell_id"], r).precision, []).append(float(r["value"]))
-    metric = ", ".join(sorted({str(r.get("metric")) for r in recs}))
-    return [f"- {p}: mean {metric} {_f(statistics.fmean(v))} over {len(v)} cells"
-            for p, v in sorted(by_prec.items(), key=lambda x: plots.precision_key(x[0]))]
+        counts[str(r.get("verdict"))] = counts.get(str(r.get("verdict")), 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def _kind_summary(kind: str, recs: list[Record]) -> list[str]:
+    """Per precision: the kind's one figure (``_FIGURE``) over the cells that have it, and their verdicts."""
+    figure, what = _FIGURE[kind]
+    by_prec: dict[str, list[Record]] = {}
+    for r in recs:
+        by_prec.setdefault(split_cell_id(r["cell_id"], r).precision, []).append(r)
+    lines = []
+    for p, rs in sorted(by_prec.items(), key=lambda x: plots.precision_key(x[0])):
+        vals = [float(v) for r in rs if isinstance(v := r.get("figures", {}).get(figure), (int, float))
+                and not isinstance(v, bool)]
+        shown = (f"mean {figure} {_f(statistics.fmean(vals))} over {len(vals)} cells" if vals
+                 else f"no cell has a {figure}")
+        lack = len(rs) - len(vals)
+        lines.append(f"- {kind}, {p}: {shown} ({what}); verdicts {_verdict_counts(rs)}"
+                     + (f"; {lack} cells without it (the reference shows no effect to compare)" if lack and vals
+                        else ""))
+    return lines
 
 
 def _h2(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
@@ -84,10 +110,15 @@ def _h2(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
     if not recs:
         return ("not measured: steering_comparison.json has no steering records; needs steering cells "
                 "(steering delta and coherence from an LLM judge at matched coefficients)"), []
-    degr = [float(r["value"]) for r in recs if "degradation" in str(r.get("metric"))]
-    answer = (f"{sum(d > 0.10 for d in degr)} of {len(degr)} steering cells lose more than 10% of the reference "
-              f"delta") if degr else "measured (see figures)"
-    return answer, _kind_summary(recs)
+    answers, lines = [], []
+    for kind in _STEERING_KINDS:
+        rs = kinds.get(kind, [])
+        if rs:
+            worse = sum(r.get("verdict") in ("degraded", "broken") for r in rs)
+            undecided = sum(r.get("verdict") == "inconclusive" for r in rs)
+            answers.append(f"{kind}: {worse} of {len(rs)} cells degraded or broken, {undecided} inconclusive")
+            lines += _kind_summary(kind, rs)
+    return "; ".join(answers), lines
 
 
 def _h4(rank: dict[str, Any]) -> tuple[str, list[str]]:
@@ -120,7 +151,10 @@ def _h7(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
     if not recs:
         return ("not measured: no transfer records; needs cells that steer quantized models with "
                 "reference-precision vectors"), []
-    return "measured (see figures)", _kind_summary(recs)
+    worse = sum(r.get("verdict") in ("degraded", "broken") for r in recs)
+    undecided = sum(r.get("verdict") == "inconclusive" for r in recs)
+    return (f"{len(recs) - worse - undecided} of {len(recs)} transfer cells robust, {worse} degraded or broken, "
+            f"{undecided} inconclusive"), _kind_summary("transfer", recs)
 
 
 def _coverage(records: list[Record], run: dict[str, Any]) -> list[str]:
@@ -157,8 +191,12 @@ def _caveats(records: list[Record]) -> list[str]:
     else:
         out.append("- No steering records, so no LLM judge was involved in these results")
     inconclusive = sum(r.get("verdict") == "inconclusive" for r in records)
-    out.append(f"- Verdicts come from 95% seeded bootstrap intervals (over layers for cosine); {inconclusive} cells "
-               "are inconclusive because their interval straddles a band boundary")
+    out.append(f"- Verdicts come from 95% seeded bootstrap intervals over the data (contrast examples, the same "
+               f"resample at both precisions, for vectors and probes; texts for SAE; questions for steering, "
+               f"logit_diff and transfer and prompts for refusal, the same ones at both precisions); {inconclusive} "
+               "cells are inconclusive because their interval straddles a band boundary or the reference's own "
+               "noise floor (its self-agreement over resamples, its AUROC interval below the 0.6 gate, or for the "
+               "steering kinds a reference effect whose interval does not clear 0) cannot decide the band")
     sizes = [int(r["provenance"]["n_pos"]) for r in records if isinstance(r.get("provenance", {}).get("n_pos"), int)]
     if sizes:
         span = str(min(sizes)) if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"

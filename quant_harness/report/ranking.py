@@ -16,25 +16,25 @@ from typing import Any
 from quant_harness.metrics.confidence import bootstrap_ci
 from quant_harness.records import Record
 from quant_harness.study.ids import split_cell_id
+from quant_harness.study.kinds import KINDS
 
-_LOWER_IS_BETTER = ("degradation", "drop", "error", "loss")
-_BOUNDED_HIGHER_IS_BETTER = ("cosine", "auroc", "corr", "overlap", "fidelity", "accuracy", "acc")
 METHOD_NAMES = ("mean_diff", "probe", "pca", "file")
 SEED = 0
 MEASURE = ("degradation of the headline figure: 1 - value for figures where 1 is perfect (cosine, AUROC, "
-           "correlation, overlap, accuracy), the value itself for drops and degradations; lower is more robust")
+           "correlation, overlap, transfer ratio), the value itself for drops and degradations; lower is more robust")
 
 
 def degradation(record: Record) -> float | None:
-    """How far a cell is from its reference on a 0-is-perfect scale, or None when the metric has no direction."""
+    """How far a cell is from its reference on a 0-is-perfect scale, or None when its metric is not the banded
+    headline of its kind (an inconclusive cell's effect size): the kind registry says which way the metric goes;
+    every banded headline is either 1-is-perfect (cosine, AUROC, correlation, overlap, ratio) or 0-is-perfect."""
     metric, value = str(record.get("metric", "")), record.get("value")
+    spec = KINDS.get(str(record.get("kind", "")))
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None
-    if any(k in metric for k in _LOWER_IS_BETTER):
-        return float(value)
-    if any(k in metric for k in _BOUNDED_HIGHER_IS_BETTER):
-        return 1.0 - float(value)
-    return None
+    if spec is None or metric not in spec.banded or spec.direction(metric) == 0:
+        return None
+    return float(value) if spec.direction(metric) < 0 else 1.0 - float(value)
 
 
 def method_of(subject: str) -> str:
@@ -97,6 +97,8 @@ def rank_kind(records: list[Record], cards_dir: Path | None = None) -> dict[str,
         if d is None:
             continue
         name = split_cell_id(r["cell_id"], r)
+        if name.precision == r.get("provenance", {}).get("reference"):
+            continue  # a reference cell (probes, benchmarks) has no degradation from itself
         method = method_of(name.subject)
         info = _card_info(name.model, r, cards_dir)
         model_extra[name.model] = {"family": info.get("family", ""), "params_b": info.get("params_b", 0.0)}

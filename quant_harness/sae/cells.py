@@ -1,9 +1,10 @@
 """SAE feature-fidelity cells: encode the reference's and a quantized model's residuals with one dictionary.
 
-Residuals are read per token (not averaged) on the ``[sae]`` texts, written raw (no chat template), with the first
-token left out: it is the attention sink, whose norm dwarfs every other token's. They go through the runner's
-activation cache like every other activation, so a warm re-run loads no model. Trained dictionaries are artefacts
-of the store (bundle folders under ``<cache>/sae/dictionaries/``), keyed by everything that shapes them.
+Residuals are read per token (not averaged) on the ``[sae]`` texts, written raw (no chat template, a BOS first where
+the tokenizer adds one to plain text), with the first token left out: it is the attention sink, whose norm dwarfs
+every other token's. They go through the runner's activation cache like every other activation, so a warm re-run
+loads no model. Trained dictionaries are artefacts of the store (bundle folders under ``<cache>/sae/dictionaries/``),
+keyed by everything that shapes them.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 from torch import Tensor
 
 from quant_harness.extract import activations, batching
+from quant_harness.models import adapter
 from quant_harness._util import counters, progress
 from quant_harness.metrics import tensors as metrics
-from quant_harness.metrics.confidence import bootstrap_ci, judge_interval
+from quant_harness.metrics import resample
+from quant_harness.metrics.confidence import judge_interval
 from quant_harness.errors import BundleError, CellError, DatasetError
-from quant_harness.records import CellResult, provenance, versions
+from quant_harness.records import CellResult, provenance
 from quant_harness.store import ArtefactStore, DirectoryCodec, key_of
 from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle, tensors_of
 from quant_harness.sae.settings import Dictionary, SaeSettings
@@ -33,7 +36,9 @@ if TYPE_CHECKING:
     from quant_harness.protocols import CellRunner
 
 SKIP_FIRST = 1
-"""Tokens left out at the start of every text (the attention sink)."""
+"""Tokens left out at the start of every text (the attention sink): the BOS where the tokenizer adds one to plain
+text (Gemma, Llama, Mistral), else the text's first token (Qwen, OLMo, SmolLM2)."""
+TOKENS = f"raw text (no chat template), BOS first where the tokenizer adds one, first {SKIP_FIRST} token(s) dropped"
 
 
 def _settings(study: Study) -> SaeSettings:
@@ -70,7 +75,7 @@ def token_activations(model: Any, tokenizer: Any, texts: Sequence[str], layers: 
                       batch_size: int = 8) -> tuple[Tensor, Tensor]:
     """Per-token block outputs ``[n_tokens, n_layers, d_model]`` (float32) and each token's text index."""
     blocks = activations.decoder_layers(model)
-    ids = [list(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    ids = [adapter.text_ids(tokenizer, t) for t in texts]  # a BOS first where the tokenizer adds one (not Qwen, OLMo)
     short = [i for i, x in enumerate(ids) if len(x) <= SKIP_FIRST]
     if short:
         raise DatasetError(f"text {short[0]} has {len(ids[short[0]])} token(s); needs more than {SKIP_FIRST}")
@@ -107,14 +112,10 @@ def residuals(runner: CellRunner, model: str, precision: str, split: str) -> tup
     s = _settings(runner.study)
     texts = load_texts(s.texts)[split]
     card = runner.study.cards[model]
-    layers = list(s.layers)
-    v = versions()
+    layers = list(s.layers_for(card.layers))
     components = {
-        "model": card.name, "weights": card.identity, "precision": precision,
-        "precision_settings": runner.precision_settings(model, precision), "texts": _hash(texts),
-        "layers": layers, "tokens": f"raw text, first {SKIP_FIRST} dropped",
-        "layer_convention": activations.LAYER_CONVENTION,
-        "versions": {k: v[k] for k in ("torch", "transformers", "bitsandbytes", "gptqmodel")},
+        **runner.key_components(model, precision), "texts": _hash(texts), "layers": layers, "tokens": TOKENS,
+        "layer_convention": activations.LAYER_CONVENTION, "extraction": activations.EXTRACTION_VERSION,
     }
 
     def build() -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -136,10 +137,9 @@ def dictionary(runner: CellRunner, model: str, d: Dictionary, layer: int) -> tup
         raise CellError(f"dictionary {d.name} has neither a path nor training settings")
     ref = runner.study.reference
     acts, _, layers = residuals(runner, model, ref, "train")
-    components = {"model": card.name, "weights": card.identity, "precision": ref,
-                  "precision_settings": runner.precision_settings(model, ref), "layer": layer,
+    components = {**runner.key_components(model, ref), "layer": layer,
                   "texts": _hash(load_texts(_settings(runner.study).texts)["train"]), "skip_first": SKIP_FIRST,
-                  "train": train.as_dict(), "torch": versions()["torch"]}
+                  "train": train.as_dict(), "extraction": activations.EXTRACTION_VERSION}
     cfg = {"activation": "relu", "model": model, "layer": str(layer), "hook": activations.LAYER_CONVENTION,
            "trainer": "quant_harness"}
 
@@ -204,7 +204,8 @@ def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str
     jaccard = (t_r & t_q).sum(-1)[keep].float() / union[keep].float()
     a_r, a_q = f_r > 0, f_q > 0
     both = a_r & a_q
-    out = {"jaccard": jaccard, "kept": keep, "active_kept": float(both.sum() / a_r.sum()) if a_r.any() else None,
+    out = {"jaccard": jaccard, "kept": keep, "features_reference": f_r,
+           "active_kept": float(both.sum() / a_r.sum()) if a_r.any() else None,
            "shared_corr": metrics.pearson(f_r[both], f_q[both]) if int(both.sum()) >= 2 else None,
            "l0_reference": float(a_r.sum(-1).float().mean()), "l0": float(a_q.sum(-1).float().mean())}
     if out["active_kept"] is None:
@@ -219,7 +220,14 @@ def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str
 
 
 def sae_comparison(runner: CellRunner, cell: Cell) -> CellResult:
-    """The cell's verdict: mean top-k Jaccard over eval tokens, banded by ``sae_overlap`` with a bootstrap CI."""
+    """The cell's verdict: mean top-k Jaccard over eval tokens, banded by ``sae_overlap`` with a bootstrap CI.
+
+    The interval resamples the eval *texts* (a text's tokens are not independent), and each replicate is the same
+    statistic as the point: the token-weighted mean Jaccard over the drawn texts' tokens. Beside it, the reference's
+    own noise floor over the same kind of resample: how stable its dataset-level top-k features (highest mean
+    activation) are when the texts are redrawn. The floor is recorded, not gated on: the per-token Jaccard compares
+    the two precisions on the same tokens, so resampling texts moves it only through which texts are in, and that
+    is already the interval."""
     study = runner.study
     s: SaeSettings = _settings(study)
     layer_part, _, name = cell.trait.partition("-")
@@ -233,15 +241,19 @@ def sae_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     i = layers.index(layer)
     fid = fidelity(bundle, ref[:, i], quant[:, i], s.top_k)
     owner = text_r[fid["kept"]]
-    per_text = [float(fid["jaccard"][owner == t].mean()) for t in sorted(set(owner.tolist()))]
-    value = float(fid["jaccard"].mean())
-    ci = bootstrap_ci(per_text, seed=study.seed, n=study.bootstrap_n, level=study.ci_level, point=value,
-                      what=f"cell {cell.id}: top-{s.top_k} Jaccard over texts")
+    ci, n_texts = resample.grouped_mean(fid["jaccard"], owner, seed=study.seed, n_boot=study.bootstrap_n,
+                                        level=study.ci_level, what=f"cell {cell.id}: top-{s.top_k} Jaccard")
+    value = ci.point
+    self_med, self_low = resample.topk_self_overlap(fid["features_reference"], text_r, s.top_k, seed=study.seed,
+                                                    n_boot=study.bootstrap_n, level=study.ci_level)
     j = judge_interval("sae_overlap", ci, study.bands["sae_overlap"], study.fail_on, study.fail_on_inconclusive)
     figures: dict[str, Any] = {
         "topk_jaccard": value, "active_kept": fid["active_kept"], "shared_corr": fid["shared_corr"],
         "l0_reference": fid["l0_reference"], "l0": fid["l0"], "n_tokens": int(fid["kept"].sum()),
-        "n_texts": len(per_text), "top_k": s.top_k, "n_features": bundle.n_features,
+        "n_texts": n_texts, "top_k": s.top_k, "n_features": bundle.n_features,
+        "self_overlap_reference": self_med, "self_overlap_reference_low": self_low, "n_boot": ci.n,
+        "ci_level": ci.level, "resampled": f"{ci.n} bootstrap resamples of the {n_texts} eval texts (all tokens of a "
+                                          f"drawn text, the same texts at both precisions)",
         **{k: fid[k] for k in ("fvu_reference", "fvu_quantized") if k in fid}, **ci.figures("topk_jaccard"),
     }
     if "train" in report:
@@ -252,9 +264,12 @@ def sae_comparison(runner: CellRunner, cell: Cell) -> CellResult:
                       precision_settings=runner.precision_settings(cell.model, cell.precision),
                       dictionary={"name": d.name, "bundle": str(bundle.path), "activation": bundle.activation,
                                   "training": report}, texts=str(s.texts),
-                      tokens=f"eval texts, raw (no chat template), first {SKIP_FIRST} token(s) dropped",
+                      tokens=f"eval texts: {TOKENS}",
                       notes=[EMBEDDED_NOTE] if card.embedded else [])
     return CellResult(cell_id=cell.id, kind="sae", verdict=j.verdict.label, metric="topk_jaccard", value=value,
-                      figures=figures, per_layer={"topk_jaccard": [value]}, layers=[layer], explanation=j.explain(),
+                      figures=figures, per_layer={"topk_jaccard": [value]}, layers=[layer],
+                      explanation=f"{j.explain()}; resampled: {figures['resampled']}; the reference's dataset-level "
+                                  f"top-{s.top_k} features agree with themselves on resampled texts at Jaccard "
+                                  f"{self_med:.3f} (median; {self_low:.3f} low quantile), recorded as its noise floor",
                       provenance=prov)
 

@@ -2,7 +2,7 @@
 
 ```toml
 [sae]
-layers = [12]                       # block outputs (activations.LAYER_CONVENTION)
+layers = [12]                       # block outputs (activations.LAYER_CONVENTION); 0.4 = 40% of each model's depth
 texts = "fixtures/sae/texts.json"   # {"train": [...], "eval": [...]}; eval texts are encoded by the cells
 top_k = 10
 [sae.dictionaries.tiny]             # trained here on the reference precision's residuals of the train texts
@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from quant_harness._util import depth
+from quant_harness._util.depth import Layer
 from quant_harness._util.validate import SectionContext, check_table, expect, resolve
 from quant_harness.errors import StudyError
 
@@ -65,10 +67,15 @@ class Dictionary:
 
 @dataclass(frozen=True)
 class SaeSettings:
-    layers: tuple[int, ...]
+    layers: tuple[Layer, ...]
+    """As the study wrote them: block indices (int) or fractions of each model's depth (float)."""
     texts: Path
     top_k: int
     dictionaries: tuple[Dictionary, ...]
+
+    def layers_for(self, n_layers: int) -> tuple[int, ...]:
+        """The SAE layers of a model of ``n_layers`` blocks, sorted (``round(f * n_layers)`` for a fraction f)."""
+        return tuple(sorted(depth.resolve_all(self.layers, n_layers)))
 
 
 def _dictionary(path: Path, name: str, table: object, root: Path, models: set[str]) -> Dictionary:
@@ -112,9 +119,7 @@ def parse(ctx: SectionContext, table: object) -> SaeSettings | None:
     path, n_layers = ctx.path, ctx.n_layers
     check_table(path, "sae", table, _KEYS)
     assert isinstance(table, dict)
-    layers = table.get("layers", [min(12, n_layers - 1)])
-    if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n_layers for v in layers):
-        raise StudyError(path, "sae.layers", layers, f"a non-empty list of layer indices in 0..{n_layers - 1}")
+    layers = depth.parse_layers(path, "sae.layers", table.get("layers", [depth.DEFAULT_FRACTION]), n_layers)
     top_k = table.get("top_k", 10)
     if top_k < 1:
         raise StudyError(path, "sae.top_k", top_k, "a positive integer")
@@ -123,12 +128,12 @@ def parse(ctx: SectionContext, table: object) -> SaeSettings | None:
     if not raw:
         raise StudyError(path, "sae.dictionaries", raw, "at least one [sae.dictionaries.<name>] table")
     dicts = tuple(_dictionary(path, name, t, ctx.root, set(ctx.models)) for name, t in sorted(raw.items()))
-    return SaeSettings(tuple(sorted(set(layers))), texts, top_k, dicts)
+    return SaeSettings(tuple(dict.fromkeys(layers)), texts, top_k, dicts)
 
 
-def cell_names(settings: SaeSettings | None, model: str) -> list[str]:
+def cell_names(settings: SaeSettings | None, model: str, n_layers: int) -> list[str]:
     """The id parts after model-precision: ``sae_{layer}-{dictionary}``, layers then dictionaries, sorted."""
     if settings is None:
         return []
-    return [f"sae_{layer}-{d.name}" for layer in settings.layers for d in settings.dictionaries
+    return [f"sae_{layer}-{d.name}" for layer in settings.layers_for(n_layers) for d in settings.dictionaries
             if not d.models or model in d.models]

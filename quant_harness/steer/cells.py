@@ -3,31 +3,32 @@
 Each ``<kind>(runner, cell)`` returns a CellResult (the kind registry, quant_harness.study.kinds). Vectors come from the runner's cached activations;
 generations with their judge scores are cached as JSON under ``<cache>/steering/`` by everything that shapes them
 (model, precision, vector bytes, layer, coefficient, prompts, judge), so a warm re-run generates and judges nothing.
+Verdicts come from quant_harness.steer.stats: paired bootstrap intervals over the questions (prompts for refusal)
+and the gates that make a cell inconclusive when the reference shows no effect.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
 from torch import Tensor
 
 from quant_harness._util import progress
 from quant_harness.judge import client as judges
-from quant_harness.metrics import tensors as metrics
 from quant_harness.steer import ops as steering
+from quant_harness.steer import stats
 from quant_harness.extract.datasets import Prompt, load_caa
 from quant_harness.errors import CellError
 from quant_harness.records import CellResult
 from quant_harness.store import JSON, ArtefactStore, key_of, legacy_json
 from quant_harness.steer.settings import SteeringSettings
 from quant_harness.study.spec import Cell, Study, TraitSpec
-from quant_harness.metrics.verdicts import judge as classify
 from quant_harness.metrics.verdicts import undefined
 
 if TYPE_CHECKING:
@@ -42,6 +43,11 @@ def _json_cached(runner: CellRunner, namespace: str, components: dict[str, Any],
     before = store.root / "steering" / namespace / f"{key_of(components)}.json"
     return store.get_or_build(f"steering/{what}", components, build, JSON, under=under,
                               legacy=lambda: legacy_json(before, components, "value")).value
+
+
+def _layers(runner: CellRunner, cell: Cell) -> tuple[int, ...]:
+    """The ``[steering]`` layers for the cell's model: fractions of depth resolved with its own number of blocks."""
+    return runner.study.steering.layers_for(runner.study.cards[cell.model].layers)
 
 
 def _near(vecs: dict[int, Tensor], wanted: int) -> int:
@@ -67,10 +73,8 @@ def _test_file(study: Study, s: SteeringSettings, trait: TraitSpec) -> Path:
 
 def _ab_questions(study: Study, s: SteeringSettings, trait: TraitSpec) -> list[tuple[Prompt, str]]:
     ab = load_caa(_test_file(study, s, trait), s.ab_questions)
-    out = []
-    for p in ab.pos:
-        out.append((Prompt(p.messages, "("), p.prefill[-1]))
-    return out
+    # the question alone: ab_logits scores the answers "(A"/"(B" as continuations, however the tokenizer spells them
+    return [(Prompt(p.messages), p.prefill[-1]) for p in ab.pos]
 
 
 def _open_questions(runner: CellRunner, s: SteeringSettings, trait: TraitSpec) -> tuple[list[str], str]:
@@ -84,21 +88,26 @@ def _open_questions(runner: CellRunner, s: SteeringSettings, trait: TraitSpec) -
     return qs, judges.load_prompt(trait.key)
 
 
+def _check_unscored(runner: CellRunner, scores: Sequence[judges.Score]) -> None:
+    """More unscored answers in one judged run than ``[judge] max_unscored`` allows is a cell error (raised before
+    the run is cached, so a re-run asks the missing ones again; the answers received are in the judge cache)."""
+    bad = [x for x in scores if x.value is None]
+    limit = runner.study.judge.max_unscored
+    if scores and len(bad) > limit * len(scores):
+        who = judges.describe(runner.study.judge, runner.pool.model_dir)
+        raise CellError(f"judge {who}: {len(bad)} of {len(scores)} answers unscored, more than [judge] max_unscored "
+                        f"= {limit:g} of them; expected a number 0-100 in each answer; first: {bad[0].raw[:160]!r}")
+
+
 def _judged(runner: CellRunner, template: str, questions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
     j = judges.study_judge(runner)
     coherence_t = judges.load_prompt("coherence")
     trait_s = [j.score(template.format(question=q, answer=a)) for q, a in zip(questions, answers)]
     coh_s = [j.score(coherence_t.format(question=q, answer=a)) for q, a in zip(questions, answers)]
+    _check_unscored(runner, [*trait_s, *coh_s])
     return {"trait": [x.value for x in trait_s], "coherence": [x.value for x in coh_s],
             "modes": sorted({x.mode for x in trait_s + coh_s}), "raw_unscored": [x.raw for x in trait_s + coh_s
                                                                                if x.value is None][:4]}
-
-
-def _mean(xs: Sequence[float | None], what: str) -> float:
-    vals = [x for x in xs if x is not None]
-    if not vals:
-        raise CellError(f"{what}: every judge answer was unscored; refusing to score")
-    return statistics.fmean(vals)
 
 
 def _steer_search(runner: CellRunner, cell: Cell, precision: str, vec_precision: str) -> dict[str, Any]:
@@ -106,11 +115,11 @@ def _steer_search(runner: CellRunner, cell: Cell, precision: str, vec_precision:
     study, s = runner.study, runner.study.steering
     trait = study.trait(cell.trait)
     vecs = runner.vectors(cell.model, vec_precision, trait, cell.method)
-    layers = list(dict.fromkeys(_near(vecs, L) for L in s.layers))
+    layers = list(dict.fromkeys(_near(vecs, L) for L in _layers(runner, cell)))
     questions, template = _open_questions(runner, s, trait)
     prompts = [Prompt((("user", q),)) for q in questions]
     jset = study.judge
-    comps = {"model": cell.model, "precision": precision, "vectors": {L: _vhash(vecs[L]) for L in layers},
+    comps = {**runner.key_components(cell.model, precision), "vectors": {L: _vhash(vecs[L]) for L in layers},
              "questions": questions, "template": template, "settings": asdict(s),
              "judge": judges.describe(jset, runner.pool.model_dir), "judge_model": jset.model}
 
@@ -133,65 +142,131 @@ def _steer_search(runner: CellRunner, cell: Cell, precision: str, vec_precision:
     return _json_cached(runner, f"search/{cell.model}/{precision}", comps, build)  # type: ignore[no-any-return]
 
 
-def _best(search: dict[str, Any], s: SteeringSettings, what: str) -> dict[str, Any]:
-    base, *runs = search["runs"]
-    baseline = _mean(base["trait"], f"{what} baseline trait")
-    best = None
-    unscored = sum(x is None for r in search["runs"] for x in r["trait"] + r["coherence"])
-    for r in runs:
-        coh = [x for x in r["coherence"] if x is not None]
-        tr = [x for x in r["trait"] if x is not None]
-        if not coh or not tr or statistics.fmean(coh) < s.coherence_min:
-            continue
-        delta = statistics.fmean(tr) - baseline
-        if best is None or delta > best["delta"]:
-            best = {"layer": r["layer"], "coefficient": r["coefficient"], "delta": delta,
-                    "coherence": statistics.fmean(coh), "texts": r["texts"]}
-    if best is None:
-        tried = [(r["layer"], r["coefficient"]) for r in runs]
-        raise CellError(f"{what}: no (layer, coefficient) in {tried} kept mean coherence >= {s.coherence_min:g}")
-    return {**best, "baseline": baseline, "baseline_coherence": _mean(base["coherence"], f"{what} coherence"),
-            "baseline_texts": base["texts"], "unscored": unscored, "modes": sorted({m for r in search["runs"]
-                                                                                    for m in r["modes"]})}
+def _steer_point(runner: CellRunner, cell: Cell, precision: str, layer: int | None,
+                 coefficient: float) -> dict[str, Any]:
+    """One judged run on every open question at one operating point (``layer=None``: the unsteered baseline), with
+    the cell's own vectors at ``precision``: the quantized side of a steering cell, at the point the reference's
+    search chose."""
+    study, s = runner.study, runner.study.steering
+    trait = study.trait(cell.trait)
+    vec = None
+    if layer is not None:
+        vecs = runner.vectors(cell.model, precision, trait, cell.method)
+        if layer not in vecs:
+            raise CellError(f"cell {cell.id}: the reference's operating layer {layer} has no {precision} vector "
+                            f"(layers {sorted(vecs)})")
+        vec = vecs[layer]
+    questions, template = _open_questions(runner, s, trait)
+    prompts = [Prompt((("user", q),)) for q in questions]
+    jset = study.judge
+    comps = {**runner.key_components(cell.model, precision), "point": {"layer": layer, "coefficient": coefficient},
+             "vectors": {} if vec is None else {layer: _vhash(vec)}, "questions": questions, "template": template,
+             "generation": {"max_new_tokens": s.max_new_tokens, "mode": s.mode},
+             "judge": judges.describe(jset, runner.pool.model_dir), "judge_model": jset.model}
+
+    def build() -> dict[str, Any]:
+        lm = runner.pool.get(cell.model, precision)
+        where = "baseline" if layer is None else f"layer {layer} x{coefficient:g}"
+        progress.note(f"steering {cell.model}/{precision} {trait.key}: {where}")
+        if vec is None or layer is None:
+            texts = steering.generate(lm.model, lm.tokenizer, prompts, max_new_tokens=s.max_new_tokens).texts
+        else:
+            texts = steering.generate(lm.model, lm.tokenizer, prompts, vectors={layer: vec}, coefficient=coefficient,
+                                      mode=s.mode, max_new_tokens=s.max_new_tokens).texts
+        return {"layer": layer, "coefficient": coefficient, "texts": texts,
+                **_judged(runner, template, questions, texts)}
+
+    return _json_cached(runner, f"point/{cell.model}/{precision}", comps, build)  # type: ignore[no-any-return]
+
+
+def _mean_at(values: Sequence[float | None], questions: Sequence[int]) -> float | None:
+    vals = [float(x) for q in questions if (x := values[q]) is not None]
+    return statistics.fmean(vals) if vals else None
 
 
 def steering_delta(runner: CellRunner, cell: Cell) -> CellResult:
-    """Best judged trait delta over the unsteered baseline (coherence kept), and its degradation vs reference."""
+    """Judged trait delta over the unsteered baseline at the reference's operating point, and its degradation vs
+    the reference, with a paired bootstrap over questions.
+
+    The operating point (layer, coefficient) is chosen on the reference precision's search only, and never on the
+    questions it scores: the questions are split into two seeded halves, the point chosen on one half (largest
+    mean delta among runs that keep mean coherence >= ``coherence_min`` there) scores the other half, at the
+    reference and at the quantized precision alike (2-fold cross-fitting). Choosing the best of several runs by
+    the same scores that then measure it would inflate the reference's delta by the selection alone, and a
+    quantized cell compared at its own best point would compare two maxima of noise.
+    """
     study, s = runner.study, runner.study.steering
-    ref = _best(_steer_search(runner, cell, study.reference, study.reference), s, f"{cell.model}/{study.reference}")
-    quant = _best(_steer_search(runner, cell, cell.precision, cell.precision), s, f"cell {cell.id}")
-    k = s.samples
-    figures = {
-        "delta": quant["delta"], "delta_reference": ref["delta"],
-        "best_layer": quant["layer"], "best_coefficient": quant["coefficient"], "coherence": quant["coherence"],
-        "baseline_trait": quant["baseline"], "baseline_coherence": quant["baseline_coherence"],
-        "reference_best_layer": ref["layer"], "reference_best_coefficient": ref["coefficient"],
-        "unscored": quant["unscored"] + ref["unscored"], "judge_score_modes": ",".join(quant["modes"]),
-        "samples": {"baseline": quant["baseline_texts"][:k], "steered": quant["texts"][:k],
-                    "reference_steered": ref["texts"][:k]},
-    }
     band = study.bands["steering_degradation"]
-    if ref["delta"] <= 0:
-        judge_name = judges.describe(study.judge, runner.pool.model_dir)
-        j = undefined("delta", quant["delta"], band, study.fail_on, study.fail_on_inconclusive,
-                      f"the reference {study.reference} is not steered by its own vector (best judged delta "
-                      f"{ref['delta']:.2f} <= 0 over a baseline of {ref['baseline']:.1f}), so there is no effect to "
-                      f"degrade; judge: {judge_name}")
-        return _record(runner, cell, "steering", j, figures, "delta", quant["delta"])
-    degradation = (ref["delta"] - quant["delta"]) / ref["delta"]
-    figures["degradation"] = degradation
-    j = classify("steering_degradation", max(0.0, degradation), band, study.fail_on)
-    return _record(runner, cell, "steering", j, figures, "degradation", degradation)
+    search = _steer_search(runner, cell, study.reference, study.reference)
+    base, *runs = search["runs"]
+    n = len(base["trait"])
+    halves = [h for h in stats.folds(n, study.seed) if h]
+    plan = [(chosen_on, scored_on) for chosen_on, scored_on in zip(halves, halves[::-1])] if len(halves) == 2 else []
+    judge_name = judges.describe(study.judge, runner.pool.model_dir)
+    tried = [(r["layer"], r["coefficient"]) for r in runs]
+    figures: dict[str, Any] = {"n_questions_total": n, "judge_score_modes": ""}
+    points = []
+    for chosen_on, scored_on in plan:
+        p = stats.choose_point(runs, base, chosen_on, s.coherence_min)
+        if p is None:
+            cohs = [c for c in (_mean_at(r["coherence"], chosen_on) for r in runs) if c is not None]
+            best = max(cohs, default=0.0)
+            j = undefined("coherence_reference", best, band, study.fail_on, study.fail_on_inconclusive,
+                          f"no (layer, coefficient) of the reference {study.reference}'s search {tried} kept mean "
+                          f"coherence >= {s.coherence_min:g} on the selection questions {chosen_on} (best "
+                          f"{best:.1f}), so there is no operating point to compare the quantized model at; judge: "
+                          f"{judge_name}")
+            return _record(runner, cell, "steering", j, figures, "coherence_reference", best)
+        points.append((chosen_on, scored_on, p))
+    if not points:
+        j = undefined("n_questions_total", float(n), band, study.fail_on, study.fail_on_inconclusive,
+                      f"{n} open question: an operating point chosen on some questions needs others to score it")
+        return _record(runner, cell, "steering", j, figures, "n_questions_total", float(n))
+    q_base = _steer_point(runner, cell, cell.precision, None, 0.0)
+    ref_steered: list[float | None] = [None] * n
+    q_steered: list[float | None] = [None] * n
+    ref_coh: list[float | None] = [None] * n
+    q_coh: list[float | None] = [None] * n
+    q_runs = []
+    for chosen_on, scored_on, p in points:
+        ref_run = next(r for r in runs if (r["layer"], r["coefficient"]) == (p["layer"], p["coefficient"]))
+        q_run = _steer_point(runner, cell, cell.precision, p["layer"], p["coefficient"])
+        q_runs.append((ref_run, q_run))
+        for qi in scored_on:
+            ref_steered[qi], q_steered[qi] = ref_run["trait"][qi], q_run["trait"][qi]
+            ref_coh[qi], q_coh[qi] = ref_run["coherence"][qi], q_run["coherence"][qi]
+    out = stats.steering_degradation(base["trait"], ref_steered, q_base["trait"], q_steered, band, seed=study.seed,
+                                     n_boot=study.bootstrap_n, level=study.ci_level, fail_on=study.fail_on,
+                                     fail_on_inconclusive=study.fail_on_inconclusive)
+    everything = [*search["runs"], q_base, *(q for _, q in q_runs)]
+    k = s.samples
+    figures.update(out.figures)
+    figures.update({
+        "operating_points": [{"layer": p["layer"], "coefficient": p["coefficient"], "chosen_on": chosen_on,
+                              "scored_on": scored_on, "reference_delta_on_chosen": p["delta"]}
+                             for chosen_on, scored_on, p in points],
+        "coherence": _mean_at(q_coh, range(n)), "coherence_reference": _mean_at(ref_coh, range(n)),
+        "baseline_coherence": _mean_at(q_base["coherence"], range(n)),
+        "baseline_coherence_reference": _mean_at(base["coherence"], range(n)),
+        "unscored": sum(x is None for r in everything for x in r["trait"] + r["coherence"]),
+        "judge_score_modes": ",".join(sorted({m for r in everything for m in r["modes"]})),
+        "samples": {"baseline": q_base["texts"][:k], "steered": q_runs[0][1]["texts"][:k],
+                    "reference_steered": q_runs[0][0]["texts"][:k]},
+    })
+    figures = {key: v for key, v in figures.items() if v is not None}
+    metric = "degradation" if "degradation" in out.figures else out.judgement.metric
+    return _record(runner, cell, "steering", out.judgement, figures, metric,
+                   float(figures.get(metric, out.judgement.value)), notes=[f"judge: {judge_name}"])
 
 
 def _ab_sweep(runner: CellRunner, cell: Cell, precision: str, vec_precision: str) -> dict[str, list[list[float]]]:
     study, s = runner.study, runner.study.steering
     trait = study.trait(cell.trait)
     vecs = runner.vectors(cell.model, vec_precision, trait, s.method)
-    layer = _near(vecs, s.layers[0])
+    layer = _near(vecs, _layers(runner, cell)[0])
     v = vecs[layer]
     qs = _ab_questions(study, s, trait)
-    comps = {"model": cell.model, "precision": precision, "vector": _vhash(v), "layer": layer,
+    comps = {**runner.key_components(cell.model, precision), "vector": _vhash(v), "layer": layer,
              "coefficients": s.ab_coefficients, "questions": [[p.messages, m] for p, m in qs]}
 
     def build() -> dict[str, list[list[float]]]:
@@ -211,22 +286,20 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def _flat(rows: list[list[float]]) -> Tensor:
-    return torch.tensor([x for row in rows for x in row], dtype=torch.float64)
-
-
 def logit_diff(runner: CellRunner, cell: Cell) -> CellResult:
-    """Correlation of per-question (x coefficient) A/B logit differences between reference and quantized."""
+    """Per-question agreement of the A/B steering response: the correlation across questions of each question's
+    steerability slope at the quantized precision with the reference's, with a paired bootstrap over questions
+    (quant_harness.steer.stats.logit_agreement)."""
     study, s = runner.study, runner.study.steering
     ref = _ab_sweep(runner, cell, study.reference, study.reference)
     quant = _ab_sweep(runner, cell, cell.precision, cell.precision)
-    corr = metrics.pearson(_flat(ref["logit_diff"]), _flat(quant["logit_diff"]))
     zero = s.ab_coefficients.index(0.0) if 0.0 in s.ab_coefficients else None
     coefs = list(s.ab_coefficients)
+    out = stats.logit_agreement(ref["logit_diff"], quant["logit_diff"], coefs, study.bands["logit_corr"],
+                                seed=study.seed, n_boot=study.bootstrap_n, level=study.ci_level,
+                                fail_on=study.fail_on, fail_on_inconclusive=study.fail_on_inconclusive)
     figures: dict[str, Any] = {
-        "logit_corr": corr, "layer": int(quant["layer"][0][0]), "n_questions": len(ref["logit_diff"][0]),
-        "steerability": _slope(coefs, [statistics.fmean(r) for r in quant["logit_diff"]]),
-        "steerability_reference": _slope(coefs, [statistics.fmean(r) for r in ref["logit_diff"]]),
+        **out.figures, "layer": int(quant["layer"][0][0]),
         "p_match_slope": _slope(coefs, [statistics.fmean(r) for r in quant["p_match"]]),
         "unscored": 0,
         "by_coefficient": {f"{c:g}": {"logit_diff": statistics.fmean(q), "logit_diff_reference": statistics.fmean(r),
@@ -235,10 +308,10 @@ def logit_diff(runner: CellRunner, cell: Cell) -> CellResult:
                                                       quant["p_match"], ref["p_match"])},
     }
     if zero is not None:
-        figures["logit_corr_unsteered"] = metrics.pearson(torch.tensor(ref["logit_diff"][zero]),
-                                                          torch.tensor(quant["logit_diff"][zero]))
-    j = classify("logit_corr", corr, study.bands["logit_corr"], study.fail_on)
-    return _record(runner, cell, "logit_diff", j, figures, "logit_corr", corr)
+        figures["logit_corr_unsteered"] = figures["logit_corr_by_coefficient"].get(f"{coefs[zero]:g}")
+    figures = {key: v for key, v in figures.items() if v is not None}
+    return _record(runner, cell, "logit_diff", out.judgement, figures, "logit_corr",
+                   float(figures.get("logit_corr", out.judgement.value)))
 
 
 def steerability(coefficients: Sequence[float], logit_diff: list[list[float]]) -> tuple[float, float]:
@@ -253,33 +326,30 @@ def steerability(coefficients: Sequence[float], logit_diff: list[list[float]]) -
 def transfer(runner: CellRunner, cell: Cell) -> CellResult:
     """The reference's vectors on the quantized model vs the quantized model's own vectors (A/B steerability).
 
-    The ratio of the two slopes keeps its sign, so it is meaningful even where a small model's vector steers the
-    wrong way; a ratio of 1 is perfect transfer, and the verdict is on ``max(0, 1 - ratio)``. Where the own vector's
-    slope is within two standard errors of 0 the ratio would divide by noise: the cell is inconclusive.
+    The ratio of the two mean slopes keeps its sign, so it is meaningful even where a small model's vector steers
+    the wrong way; a ratio of 1 is perfect transfer, and the verdict is on the interval of ``1 - ratio`` over
+    bootstrap resamples of the questions (quant_harness.steer.stats.transfer_ratio). Where the own vector's slope
+    interval includes 0 the ratio would divide by noise: the cell is inconclusive.
     """
     study = runner.study
     s = study.steering
     own = _ab_sweep(runner, cell, cell.precision, cell.precision)
     moved = _ab_sweep(runner, cell, cell.precision, study.reference)
     coefs = list(s.ab_coefficients)
-    slope_own, se_own = steerability(coefs, own["logit_diff"])
-    slope_moved, se_moved = steerability(coefs, moved["logit_diff"])
-    figures = {"steerability_own": slope_own, "steerability_own_se": se_own,
-               "steerability_reference_vectors": slope_moved, "steerability_reference_vectors_se": se_moved,
-               "logit_corr_own_vs_reference_vectors": metrics.pearson(_flat(own["logit_diff"]),
-                                                                      _flat(moved["logit_diff"])),
-               "layer": int(own["layer"][0][0]), "unscored": 0}
-    band = study.bands["steering_degradation"]
-    if abs(slope_own) <= 2 * se_own:
-        j = undefined("steerability_own", slope_own, band, study.fail_on, study.fail_on_inconclusive,
-                      f"the quantized model's own vector does not move its A/B logit difference distinguishably from "
-                      f"0 (slope {slope_own:.3g} +/- {se_own:.2g} per unit coefficient at layer {figures['layer']}), "
-                      f"so a transfer ratio would divide by noise")
-        return _record(runner, cell, "transfer", j, figures, "steerability_own", slope_own)
-    ratio = slope_moved / slope_own
-    figures["transfer_ratio"] = ratio
-    j = classify("steering_degradation", max(0.0, 1.0 - ratio), band, study.fail_on)
-    return _record(runner, cell, "transfer", j, figures, "transfer_ratio", ratio)
+    out = stats.transfer_ratio(own["logit_diff"], moved["logit_diff"], coefs, study.bands["steering_degradation"],
+                               seed=study.seed, n_boot=study.bootstrap_n, level=study.ci_level,
+                               fail_on=study.fail_on, fail_on_inconclusive=study.fail_on_inconclusive)
+    figures: dict[str, Any] = {
+        **out.figures, "logit_corr_own_vs_reference_vectors": stats.pearson(
+            stats.slopes(coefs, own["logit_diff"]), stats.slopes(coefs, moved["logit_diff"])),
+        "layer": int(own["layer"][0][0]), "unscored": 0}
+    if len(own["logit_diff"][0]) >= 2:
+        figures["steerability_own_se"] = steerability(coefs, own["logit_diff"])[1]
+        figures["steerability_reference_vectors_se"] = steerability(coefs, moved["logit_diff"])[1]
+    figures = {key: v for key, v in figures.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    metric = "transfer_ratio" if "transfer_ratio" in out.figures else out.judgement.metric
+    return _record(runner, cell, "transfer", out.judgement, figures, metric,
+                   float(figures.get(metric, out.judgement.value)))
 
 
 def refusal(runner: CellRunner, cell: Cell) -> CellResult:
@@ -293,9 +363,9 @@ def refusal(runner: CellRunner, cell: Cell) -> CellResult:
     def rates(precision: str) -> dict[str, Any]:
         trait = study.trait(cell.trait)
         vecs = runner.vectors(cell.model, precision, trait, "mean_diff")
-        layer = _near(vecs, s.layers[0])
+        layer = _near(vecs, _layers(runner, cell)[0])
         r = vecs[layer]
-        comps = {"model": cell.model, "precision": precision, "r": _vhash(r), "layer": layer,
+        comps = {**runner.key_components(cell.model, precision), "r": _vhash(r), "layer": layer,
                  "prompts": data, "max_new_tokens": s.max_new_tokens}
 
         def build() -> dict[str, Any]:
@@ -312,38 +382,30 @@ def refusal(runner: CellRunner, cell: Cell) -> CellResult:
             return out
 
         texts = _json_cached(runner, f"refusal/{cell.model}/{precision}", comps, build)
-        return {k: sum(map(judges.is_refusal, v)) / len(v) for k, v in texts.items()} | {"texts": texts,
-                                                                                          "layer": layer}
+        return {"refused": {k: [float(judges.is_refusal(t)) for t in v] for k, v in texts.items()},
+                "texts": texts, "layer": layer}
 
     quant = rates(cell.precision)
     ref = quant if cell.precision == study.reference else rates(study.reference)
-
-    def effect(x: dict[str, Any]) -> float:
-        return float((x["harmful"] - x["harmful_ablated"]) + (x["harmless_actadd"] - x["harmless"]))
-
+    out = stats.refusal_degradation(ref["refused"], quant["refused"], study.bands["steering_degradation"],
+                                    seed=study.seed, n_boot=study.bootstrap_n, level=study.ci_level,
+                                    fail_on=study.fail_on, fail_on_inconclusive=study.fail_on_inconclusive)
     k = s.samples
+    rate = {c: statistics.fmean(v) for c, v in quant["refused"].items()}
+    rate_ref = {c: statistics.fmean(v) for c, v in ref["refused"].items()}
     figures = {
-        "refusal_harmful": quant["harmful"], "refusal_harmful_ablated": quant["harmful_ablated"],
-        "refusal_harmless": quant["harmless"], "refusal_harmless_actadd": quant["harmless_actadd"],
-        "effect": effect(quant), "effect_reference": effect(ref), "layer": quant["layer"],
+        "refusal_harmful": rate["harmful"], "refusal_harmful_ablated": rate["harmful_ablated"],
+        "refusal_harmless": rate["harmless"], "refusal_harmless_actadd": rate["harmless_actadd"],
+        **{f"refusal_{c}_reference": v for c, v in rate_ref.items()},
+        **out.figures, "layer": quant["layer"],
         "unscored": 0, "samples": {name: texts[:k] for name, texts in quant["texts"].items()},
     }
-    band = study.bands["steering_degradation"]
-    if effect(ref) <= 0:
-        j = undefined("effect", effect(quant), band, study.fail_on, study.fail_on_inconclusive,
-                      f"the reference {study.reference} shows no refusal effect to degrade: it refuses "
-                      f"{ref['harmful']:.0%} of harmful prompts ({ref['harmful_ablated']:.0%} with the direction "
-                      f"ablated) and {ref['harmless_actadd']:.0%} of harmless ones with +r ({ref['harmless']:.0%} "
-                      f"without)")
-        return _record(runner, cell, "refusal", j, figures, "effect", effect(quant))
-    degradation = (effect(ref) - effect(quant)) / effect(ref)
-    figures["degradation"] = degradation
-    j = classify("steering_degradation", max(0.0, degradation), band, study.fail_on)
-    return _record(runner, cell, "refusal", j, figures, "degradation", degradation)
+    metric = "degradation" if "degradation" in out.figures else out.judgement.metric
+    return _record(runner, cell, "refusal", out.judgement, figures, metric, float(figures[metric]))
 
 
 def _record(runner: CellRunner, cell: Cell, kind: str, j: Any, figures: dict[str, Any], metric: str,
-            value: float) -> CellResult:
+            value: float, notes: Sequence[str] = ()) -> CellResult:
     study = runner.study
     trait = study.trait(cell.trait)
     prov = runner.provenance(cell, trait)
@@ -351,8 +413,11 @@ def _record(runner: CellRunner, cell: Cell, kind: str, j: Any, figures: dict[str
     prov.update(steering=asdict(study.steering),
                 vector_method=cell.method if kind == "steering" else study.steering.method,
                 steer_positions="CAA/PV: last instruction token and every generated token; refusal: ablation at all "
-                                "layers (block 0 input, attention and MLP outputs), addition at all positions")
+                                "layers (every block's input and output, and what each block writes to the residual "
+                                "stream: attention and MLP outputs, or their post-norms where the block has them), "
+                                "addition at all positions")
     if kind == "steering":
         prov["judge"] = judges.describe(jset, runner.pool.model_dir)
     return CellResult(cell_id=cell.id, kind=kind, verdict=j.verdict.label, metric=metric, value=value,
-                      figures=figures, layers=list(study.steering.layers), explanation=j.explain(), provenance=prov)
+                      figures=figures, layers=list(_layers(runner, cell)),
+                      explanation="; ".join([j.explain(), *notes]), provenance=prov)

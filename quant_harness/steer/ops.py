@@ -11,7 +11,10 @@ Where steering-vectors is used and where not:
   length at each call and masks on absolute positions.
 - ``clamp`` sets the projection on the unit vector to a target instead of adding: steering-vectors' operators only
   return a delta from the activation and a fixed vector, so it is written here too (as is ablation, which Arditi
-  applies inside each block, to the attention and MLP outputs, not only at block outputs).
+  applies inside each block, to the attention and MLP outputs, not only at block outputs; here also to the post-norms
+  that follow them on Gemma-2/3 and OLMo-2, and to every block's input and output).
+- The A/B readout scores the answer continuations ``(A``/``(B`` however the tokenizer spells them
+  (``models.adapter.answer_plan``), and reads the model's own logits, so Gemma-2's soft-cap is applied.
 Hooks never modify a tensor in place (except steering-vectors' own) and are removed on exit, even on error.
 """
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from quant_harness import data
+from quant_harness._util import depth
+from quant_harness._util.depth import Layer
 from quant_harness._util.validate import SectionContext, check_table, resolve
 from quant_harness.errors import StudyError
 
@@ -23,8 +25,10 @@ REFUSAL_PROMPTS = "fixtures/ab_questions/refusal_prompts.json"
 class SteeringSettings:
     """The study's ``[steering]`` table: kept small so the default study runs on a CPU in minutes."""
 
-    layers: tuple[int, ...] = (12,)
-    """Candidate layers (block outputs); the first one is used for A/B, transfer and refusal cells."""
+    layers: tuple[Layer, ...] = (depth.DEFAULT_FRACTION,)
+    """Candidate layers (block outputs) as the study wrote them: block indices (int) or fractions of each model's
+    depth (float); ``layers_for`` resolves them for one model. The first one is used for A/B, transfer and refusal
+    cells."""
     coefficient: float = 4.0
     """Starting coefficient of the search (a multiple of the raw vector)."""
     search_steps: int = 2
@@ -49,6 +53,10 @@ class SteeringSettings:
     """Steering cells: ``add`` the vector x coefficient, or ``clamp`` the projection on it to coefficient x |v|
     (the SAE seed's clamp, which keeps high scales from blowing up activations)."""
 
+    def layers_for(self, n_layers: int) -> tuple[int, ...]:
+        """The candidate layers of a model of ``n_layers`` blocks (``round(f * n_layers)`` for a fraction f)."""
+        return depth.resolve_all(self.layers, n_layers)
+
     def selects(self, trait: str, method: str) -> bool:
         """Whether the vector of (trait, method) gets a judged steering cell."""
         return (self.traits is None or trait in self.traits) and method in self.methods
@@ -68,6 +76,8 @@ class SteeringSettings:
         return f
 
 
+STEER_METHODS = ("mean_diff", "probe", "pca", "file")
+"""Methods whose vectors A/B, transfer and refusal cells can use (``[steering] method``)."""
 _KEYS: dict[str, Any] = {
     "layers": list, "coefficient": (int, float), "search_steps": int, "coherence_min": (int, float),
     "questions": int, "max_new_tokens": int, "ab_coefficients": list, "ab_questions": int, "ab_dir": str,
@@ -79,10 +89,8 @@ def parse(ctx: SectionContext, table: object) -> SteeringSettings:
     """Validate ``[steering]`` (absent: the defaults); every problem is a StudyError naming file, key and value."""
     path, n_layers = ctx.path, ctx.n_layers
     out: dict[str, Any] = dict(check_table(path, "steering", {} if table is None else table, _KEYS))
-    layers = out.get("layers", [min(12, n_layers - 1)])
-    if not layers or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n_layers for v in layers):
-        raise StudyError(path, "steering.layers", layers, f"a non-empty list of layers in 0..{n_layers - 1}")
-    out["layers"] = tuple(layers)
+    # fractions stay fractions: a study's models differ in depth, so each cell resolves them for its own model
+    out["layers"] = depth.parse_layers(path, "steering.layers", out.get("layers", [depth.DEFAULT_FRACTION]), n_layers)
     coefs = out.get("ab_coefficients", [-2.0, 0.0, 2.0])
     if len(coefs) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefs):
         raise StudyError(path, "steering.ab_coefficients", coefs, "a list of at least two numbers")
@@ -100,6 +108,8 @@ def parse(ctx: SectionContext, table: object) -> SteeringSettings:
         if not out["methods"] or not all(m in ("mean_diff", "file") for m in out["methods"]):
             raise StudyError(path, "steering.methods", out["methods"], "a non-empty list of mean_diff, file")
         out["methods"] = tuple(out["methods"])
+    if out.get("method", "mean_diff") not in STEER_METHODS:
+        raise StudyError(path, "steering.method", out["method"], f"one of {', '.join(STEER_METHODS)}")
     if out.get("mode", "add") not in ("add", "clamp"):
         raise StudyError(path, "steering.mode", out["mode"], "add or clamp")
     for key in ("coefficient", "coherence_min"):

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from quant_harness.store.artefacts import META, Artefact, ArtefactStore, key_of
-from quant_harness.store.codecs import TENSORS as _CODEC
-from quant_harness.store.codecs import TENSORS_FILE, Tensors
+from quant_harness.store.codecs import TENSORS_FILE, TensorCodec, Tensors
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -23,6 +22,7 @@ __all__ = ["META", "TENSORS", "ActivationCache", "Entry", "key_of"]
 
 TENSORS = TENSORS_FILE
 """The tensors' file name in an entry folder."""
+_CODEC = TensorCodec()
 
 
 @dataclass(frozen=True)

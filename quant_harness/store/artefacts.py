@@ -13,6 +13,7 @@ complete. Every ``get_or_build`` counts one ``cache_hits`` or ``cache_misses`` i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, TypeVar
 
 from filelock import FileLock
 
@@ -161,27 +162,47 @@ class ArtefactStore:
         """
         d = self.folder(kind, components, under)
         try:
-            found: Artefact[R] | None = self._read(d, components, codec, hit=True)
+            found = self._read(d, components, codec, hit=True)
         except (FileNotFoundError, CacheError):
-            found = None
-        if found is None:
             with self._lock(d):
-                found = self._checked(d, components, codec)
-                if found is None:
-                    old = legacy() if legacy is not None else None
-                    counters.add_cache(kind, hit=old is not None)
-                    if old is None:
-                        return self._write(d, kind, components, build(), codec)
-                    found = replace(self._write(d, kind, components, old[0], codec), hit=True)
-                    shutil.rmtree(old[1]) if old[1].is_dir() else old[1].unlink(missing_ok=True)
-                    progress.note(f"cache: {old[1]} moved into the artefact store as {d}")
-                    return found
+                checked = self._checked(d, components, codec)
+                if checked is None:
+                    return self._build(d, kind, components, build, codec, legacy)
+                found = checked
         counters.add_cache(kind, hit=True)
         return found
 
-    def _lock(self, d: Path) -> FileLock:
-        d.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(f"{d}.lock")
+    def _build(self, d: Path, kind: str, components: Mapping[str, Any], build: Callable[[], V], codec: Codec[V, R],
+               legacy: Callable[[], tuple[V, Path] | None] | None) -> Artefact[R]:
+        """Under the entry's lock: adopt the older layout's copy when there is one, else build; then write."""
+        old = legacy() if legacy is not None else None
+        counters.add_cache(kind, hit=old is not None)
+        if old is None:
+            return self._write(d, kind, components, build(), codec)
+        value, before = old
+        adopted = replace(self._write(d, kind, components, value, codec), hit=True)
+        if before.is_dir():
+            shutil.rmtree(before)
+        else:
+            before.unlink(missing_ok=True)
+        progress.note(f"cache: {before} moved into the artefact store as {d}")
+        return adopted
+
+    @contextlib.contextmanager
+    def _lock(self, d: Path) -> Iterator[None]:
+        """The entry's file lock, held for the block; a folder where no lock can be made (read-only, full) is a
+        CacheError naming it, not an OSError from inside filelock."""
+        try:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(f"{d}.lock")
+            lock.acquire()
+        except OSError as e:
+            raise CacheError(f"{d.parent}: cannot lock a cache entry there ({e.strerror or e}); expected a writable "
+                             f"cache folder with free space (--quant-cache-dir)") from e
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _checked(self, d: Path, components: Mapping[str, Any], codec: Codec[Any, R]) -> Artefact[R] | None:
         """Under the entry's lock: the entry, or None after reporting and deleting a damaged one."""
@@ -232,25 +253,33 @@ class ArtefactStore:
     def _write(self, d: Path, kind: str, components: Mapping[str, Any], value: V, codec: Codec[V, R]) -> Artefact[R]:
         """Write the entry into a hidden temporary folder, ``meta.json`` last, rename it into place, read it back."""
         tmp = d.parent / f".{d.name}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir(parents=True)
         try:
-            extra = codec.write(value, tmp)
-            if (tmp / META).exists():
-                raise CacheError(f"{tmp / META}: codec {codec.name} wrote the store's own file")
-            files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                     for p in sorted(tmp.rglob("*")) if p.is_file()}
-            meta = {**extra, "schema": SCHEMA, "kind": kind, "key": d.name, "codec": codec.name,
-                    "created": time.strftime(_CREATED), "components": canonical(components), "files": files}
-            (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
-            if d.exists():
-                shutil.rmtree(d)
-            os.replace(tmp, d)
+            self._write_into(tmp, d, kind, components, value, codec)
+        except OSError as e:
+            raise CacheError(f"{d}: cannot write the {kind} artefact ({e.strerror or e}); expected a writable cache "
+                             f"folder with free space (--quant-cache-dir)") from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         try:
             return self._read(d, components, codec, hit=False)
         except (FileNotFoundError, CacheError) as e:
             raise CacheError(f"{d}: the {kind} artefact just built cannot be read back: {e}") from e
+
+    def _write_into(self, tmp: Path, d: Path, kind: str, components: Mapping[str, Any], value: V,
+                    codec: Codec[V, R]) -> None:
+        """Write the files and meta.json into ``tmp``, then rename it into place as ``d``."""
+        tmp.mkdir(parents=True)
+        extra = codec.write(value, tmp)
+        if (tmp / META).exists():
+            raise CacheError(f"{tmp / META}: codec {codec.name} wrote the store's own file")
+        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        meta = {**extra, "schema": SCHEMA, "kind": kind, "key": d.name, "codec": codec.name,
+                "created": time.strftime(_CREATED), "components": canonical(components), "files": files}
+        (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+        if d.exists():
+            shutil.rmtree(d)
+        os.replace(tmp, d)
 
     def entries(self, codec: str | None = None) -> list[dict[str, Any]]:
         """Every entry (of one codec, if given) with its kind, size and key components, for ``quant-harness cache

@@ -134,6 +134,3 @@ class TensorCodec:
             raise CacheError(f"{f}: shapes = {shapes}: expected {meta.get('shapes')} ({folder.name}/meta.json)")
         return Tensors({k: v.float() if v.is_floating_point() else v for k, v in raw.items()},
                        dict(meta.get("info") or {}))
-
-
-TENSORS = TensorCodec()

@@ -10,11 +10,12 @@ layer read everything else from the entry.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from quant_harness.bench.settings import BenchmarkSettings
 from quant_harness.errors import StudyError
+from quant_harness.metrics.verdicts import Band
 from quant_harness.sae.settings import cell_names as sae_cell_names
 from quant_harness.study.spec import Cell, Study, TraitSpec
 
@@ -47,12 +48,49 @@ class KindSpec:
     """A study-level choice of (trait, method) pairs, e.g. the ``[steering]`` table's ``traits`` and ``methods``."""
     section: str = ""
     """The study table the kind's cells read (``[steering]``, ``[benchmarks]``, ``[sae]``), if any."""
+    banded: Mapping[str, int] = field(default_factory=dict)
+    """Headline metrics a band judges and how each stands to its band: ``1`` the band's own figure, ``-1`` its
+    complement (a transfer record's metric is the ratio; its band judges ``1 - ratio``). The band is the one named
+    like the metric where the study has one (``auroc_drop``, ``accuracy_drop``), else ``band``."""
+    directions: Mapping[str, int] = field(default_factory=dict)
+    """Which way each recorded figure should move: ``1`` larger is better, ``-1`` smaller is better, ``0`` no
+    direction. Baselines gate figures this way and the ranking turns headlines into degradations with it; a figure
+    not named here is noted, never gated (a test checks that every figure the kinds record is named)."""
+
+    def direction(self, figure: str) -> int:
+        """The direction of ``figure`` (an interval end ``x_ci_low`` goes the way of ``x``)."""
+        return self.directions.get(figure_base(figure), 0)
+
+    def band_of(self, metric: str, bands: Mapping[str, Band]) -> Band | None:
+        """The study band that judges headline ``metric``, or None when the metric is not banded."""
+        if metric not in self.banded:
+            return None
+        return bands.get(metric) or bands.get(self.band)
+
+    def headline_direction(self, metric: str, bands: Mapping[str, Band]) -> int | None:
+        """+1 / -1 for a banded headline metric (from its band), None for an unbanded one."""
+        band = self.band_of(metric, bands)
+        if band is None:
+            return None
+        relation = self.banded[metric]
+        return relation if band.higher_is_better else -relation
 
     def run(self, runner: CellRunner, cell: Cell) -> CellResult:
         """Import the compute function and run it on one cell."""
         module, _, name = self.compute.partition(":")
         result: CellResult = getattr(importlib.import_module(module), name)(runner, cell)
         return result
+
+
+_CI_ENDS = ("_ci_low", "_ci_high")
+
+
+def figure_base(name: str) -> str:
+    """An interval end's figure (``degradation_ci_high`` -> ``degradation``): it goes the figure's way."""
+    for end in _CI_ENDS:
+        if name.endswith(end):
+            return name[: -len(end)]
+    return name
 
 
 def _refusal_subjects(study: Study, _model: str) -> list[str]:
@@ -66,7 +104,7 @@ def _benchmark_subjects(study: Study, _model: str) -> list[str]:
 
 
 def _sae_subjects(study: Study, model: str) -> list[str]:
-    return sae_cell_names(study.sae, model)
+    return sae_cell_names(study.sae, model, study.cards[model].layers)
 
 
 def _steering_selects(study: Study, trait: TraitSpec, method: str) -> bool:
@@ -74,24 +112,53 @@ def _steering_selects(study: Study, trait: TraitSpec, method: str) -> bool:
 
 
 _STEERING = "steering_comparison.json"
+_COUNTS = {"n_layers": 0, "n_questions": 0, "n_prompts": 0, "n_texts": 0, "n_docs": 0, "n_train": 0, "n_val": 0,
+           "layer": 0, "unscored": 0, "val_fraction": 0, "ci_level": 0}
+"""Counts and settings recorded beside the figures: they have no better or worse."""
+
+_VECTORS = {"cosine_mean": 1, "cosine_min": 1, "cosine_max": 1, "cosine_min_layer": 0, "cosine_shift": -1,
+            "shift_over_floor": -1, "self_cosine_reference": 1, "self_cosine_reference_low": 1,
+            "self_shift_reference": -1, "norm_ratio_mean": 0, "massive_dim_energy_mean": 0}
+_PROBES = {"auroc": 1, "auroc_reference": 1, "auroc_drop": -1, "auroc_best": 1, "auroc_mean": 1,
+           "auroc_best_layer": 0, "auroc_reference_best": 1, "auroc_reference_at_best": 1, "auroc_drop_max": -1,
+           "reference_flagged": 0}
+_STEERING_FIGURES = {"degradation": -1, "delta": 1, "delta_reference": 1, "coherence": 1, "coherence_reference": 1,
+                     "baseline_trait": 0, "baseline_trait_reference": 0, "baseline_coherence": 0,
+                     "baseline_coherence_reference": 0}
+_LOGIT_DIFF = {"logit_corr": 1, "logit_corr_pooled": 1, "logit_corr_unsteered": 1, "steerability": 1,
+               "steerability_reference": 1, "steerability_ratio": 1, "p_match_slope": 1, "reference_p_match_shift": 1}
+_TRANSFER = {"transfer_ratio": 1, "transfer_degradation": -1, "steerability_own": 1, "steerability_own_se": 0,
+             "steerability_reference_vectors": 1, "steerability_reference_vectors_se": 0,
+             "logit_corr_own_vs_reference_vectors": 1}
+_REFUSAL = {"degradation": -1, "effect": 1, "effect_reference": 1}
+_BENCHMARKS = {"accuracy_drop": -1, "accuracy": 1, "accuracy_reference": 1, "drop_stderr": 0,
+               "drop_stderr_unpaired": 0, "significant": 0}
+_SAE = {"topk_jaccard": 1, "active_kept": 1, "shared_corr": 1, "fvu_reference": 0, "fvu_quantized": -1,
+        "sae_eval_fvu": 0, "sae_dead_share": 0}
 
 KINDS: dict[str, KindSpec] = {k.name: k for k in (
-    KindSpec("vectors", "quant_harness.extract.vectors:vector_comparison", "vector_comparison.json", "cosine"),
-    KindSpec("probes", "quant_harness.extract.probes:probe_comparison", "probe_comparison.json", "auroc",
-             reference=True, methods=("mean_diff", "probe", "pca", "file")),
+    KindSpec("vectors", "quant_harness.extract.vectors:vector_comparison", "vector_comparison.json", "cosine",
+             banded={"cosine_mean": 1}, directions={**_COUNTS, **_VECTORS}),
+    KindSpec("probes", "quant_harness.extract.probes:probe_comparison", "probe_comparison.json", "auroc_drop",
+             reference=True, methods=("mean_diff", "probe", "pca", "file"),
+             banded={"auroc": 1, "auroc_drop": 1}, directions={**_COUNTS, **_PROBES}),
     KindSpec("steering", "quant_harness.steer.cells:steering_delta", _STEERING, "steering_degradation",
              methods=("mean_diff", "file"), methodologies=("caa", "pv"), select=_steering_selects,
-             section="steering"),
+             section="steering", banded={"degradation": 1}, directions={**_COUNTS, **_STEERING_FIGURES}),
     KindSpec("logit_diff", "quant_harness.steer.cells:logit_diff", _STEERING, "logit_corr",
-             methods=("mean_diff",), methodologies=("caa",), section="steering"),
+             methods=("mean_diff",), methodologies=("caa",), section="steering",
+             banded={"logit_corr": 1}, directions={**_COUNTS, **_LOGIT_DIFF}),
     KindSpec("transfer", "quant_harness.steer.cells:transfer", _STEERING, "steering_degradation",
-             methods=("mean_diff",), methodologies=("caa",), section="steering"),
+             methods=("mean_diff",), methodologies=("caa",), section="steering",
+             banded={"transfer_ratio": -1}, directions={**_COUNTS, **_TRANSFER}),
     KindSpec("refusal", "quant_harness.steer.cells:refusal", _STEERING, "steering_degradation",
-             reference=True, per_model=_refusal_subjects, section="steering"),
+             reference=True, per_model=_refusal_subjects, section="steering",
+             banded={"degradation": 1}, directions={**_COUNTS, **_REFUSAL}),
     KindSpec("benchmarks", "quant_harness.bench.lm_eval:benchmark_comparison", "benchmark_comparison.json",
-             "accuracy_drop", reference=True, per_model=_benchmark_subjects, section="benchmarks"),
+             "accuracy_drop", reference=True, per_model=_benchmark_subjects, section="benchmarks",
+             banded={"accuracy_drop": 1}, directions={**_COUNTS, **_BENCHMARKS}),
     KindSpec("sae", "quant_harness.sae.cells:sae_comparison", "sae_comparison.json", "sae_overlap",
-             per_model=_sae_subjects, section="sae"),
+             per_model=_sae_subjects, section="sae", banded={"topk_jaccard": 1}, directions={**_COUNTS, **_SAE}),
 )}
 """Every kind of cell, in the order reports list them."""
 

@@ -21,14 +21,15 @@ from quant_harness.judge import settings as judge_settings
 from quant_harness.metrics.verdicts import DEFAULT_BANDS, FAIL_ON, Band
 from quant_harness.models.cards import ModelCard, load_card
 from quant_harness.models.registry import PRECISIONS
-from quant_harness.report import baselines
+from quant_harness.report import settings as baseline_settings
 from quant_harness.sae import settings as sae_settings
 from quant_harness.steer import settings as steer_settings
+from quant_harness.study import files
 from quant_harness.study.spec import FORMATS, METHODOLOGIES, METHODS, Study, TraitSpec
 from quant_harness.study.trait_options import trait_options
 
 SECTIONS: dict[str, Callable[[SectionContext, object], Any]] = {
-    "baselines": baselines.parse,
+    "baselines": baseline_settings.parse,
     "judge": judge_settings.parse,
     "steering": steer_settings.parse,
     "benchmarks": bench_settings.parse,
@@ -130,6 +131,11 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
     precisions: dict[str, tuple[str, ...]] = {}
     for name, spec in models.items():
         expect(path, f"models.{name}", spec, dict)
+        nested = next((k for k, v in spec.items() if isinstance(v, dict)), None)
+        if nested is not None:
+            raise StudyError(path, f"models.{name}.{nested}", spec[nested],
+                             f"card and precisions keys; a model name with a dot is a nested table in TOML: quote it, "
+                             f'[models."{name}.{nested}"]')
         for key in spec:
             if key not in ("card", "precisions"):
                 raise StudyError(path, f"models.{name}.{key}", spec[key], "one of card, precisions")
@@ -142,6 +148,8 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
         card = load_card(card_name, cards_dir)
         if card.name != name:
             raise StudyError(path, f"models.{name}.card", spec.get("card"), f"a card whose name is {name!r}")
+        if check_data:
+            files.check_card(card)
         cards[name] = card
         plist = spec.get("precisions", default_precisions)
         expect(path, f"models.{name}.precisions", plist, list)
@@ -193,6 +201,7 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
                           tuple(tmethods), limit, **trait_options(path, where, t, tmethods, root, check_data))
         if check_data:
             _check_dataset(path, where, t["dataset"], spec_)
+            files.check_vectors(path, where, spec_, list(cards.values()))
         if any(s.key == spec_.key for s in traits):
             raise StudyError(path, f"{where}.name", t["name"], f"a name unique within methodology {methodology}")
         traits.append(spec_)
@@ -211,9 +220,10 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
                              base.higher_is_better)
 
     calibration = head.get("calibration")
-    ctx = SectionContext(path, root, max_layers, tuple(cards), tuple((t.key, t.layers) for t in traits))
+    ctx = SectionContext(path, root, max_layers, tuple(cards), tuple((t.key, t.layers) for t in traits),
+                         check_data=check_data)
     sections = {name: parse(ctx, raw.get(name)) for name, parse in SECTIONS.items()}
-    return Study(
+    study = Study(
         path=path, name=head.get("name", path.stem), reference=reference, cards=cards, precisions=precisions,
         traits=tuple(traits), bands=bands, fail_on=FAIL_ON[fail_on_name],
         batch_size=head.get("batch_size", 8), seed=head.get("seed", 0),
@@ -224,3 +234,11 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
         ci_level=head.get("ci_level", 0.95), replay=head.get("replay", False),
         root=root, **sections,
     )
+    if check_data:
+        sae = study.sae
+        for d in sae.dictionaries if sae is not None else ():
+            for model in (d.models or tuple(cards)):
+                if d.path is not None:
+                    files.check_bundle(path, f"sae.dictionaries.{d.name}", d.path, d.layout,
+                                       sae.layers_for(cards[model].layers), cards[model])
+    return study

@@ -9,7 +9,7 @@ from quant_harness.bench.settings import BenchmarkSettings
 from quant_harness.judge.settings import JudgeSettings
 from quant_harness.metrics.verdicts import Band, Verdict
 from quant_harness.models.cards import ModelCard
-from quant_harness.report.baselines import BaselineSettings
+from quant_harness.report.settings import BaselineSettings
 from quant_harness.sae.settings import SaeSettings
 from quant_harness.steer.settings import SteeringSettings
 from quant_harness.study.ids import cell_id

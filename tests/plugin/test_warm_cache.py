@@ -53,7 +53,10 @@ def test_warm_rerun_loads_nothing_and_matches_the_cold_run(
     study = make_study(precisions=("fp32", "int8"), methods=("mean_diff", "probe"), traits=TRAITS)
     cache = tmp_path / "cache"
     cold = _run(pytester, run_args(study, cache=cache))
-    assert cold["model_loads"] == 2 and cold["cache_misses"] == 7 and cold["generated_tokens"] > 0  # type: ignore[operator]
+    assert cold["model_loads"] == 2 and cold["cache_misses"] == 25 and cold["generated_tokens"] > 0  # type: ignore[operator]
+    # every artefact of the store is counted, per kind: 6 activations, the fp32 rollouts, one plot entry per cell
+    misses = {k: v["misses"] for k, v in cold["cache_by_kind"].items()}  # type: ignore[attr-defined]
+    assert misses == {"activations": 6, "plots": 18, "responses": 1}
     probes = json.loads((pytester.path / "reports/results/probe_comparison.json").read_text())["records"]
     # replay: int8 activations read the fp32 responses, so only fp32 generated any
     assert [p.name for p in (cache / "responses" / "smollm2-135m").iterdir()] == ["fp32"]

@@ -27,7 +27,7 @@ def zero_pad_tokenizer() -> PreTrainedTokenizerFast:
     """A character tokenizer whose pad id is 0 (the case ``pad_token_id or eos_token_id`` gets wrong)."""
     vocab = {"<pad>": 0} | {chr(97 + i): i + 1 for i in range(26)} | {"|": 58, ">": 59, " ": 61, "</s>": 63}
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<pad>")),
-                                  pad_token="<pad>", eos_token="</s>")
+                                  pad_token="<pad>", eos_token="</s>")  # type: ignore[no-untyped-call]
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.chat_template = ("{% for m in messages %}{{ m['content'] }}|{% endfor %}"
                          "{% if add_generation_prompt %}>>{% endif %}")

@@ -117,3 +117,41 @@ def test_cell_plots_are_drawn_once_and_read_back_from_the_plot_cache(tmp_path: P
     changed = {**record, "per_layer": {"cosine": [0.5, 0.6, 0.7]}}
     monkeypatch.undo()
     assert plots.cell_plots_cached(changed, tmp_path) != first
+
+
+def test_h2_and_h7_lines_state_one_figure_each() -> None:
+    steer = [rec("m", "nf4", "caa_x", "mean_diff", 0.2, kind="steering", metric="degradation", verdict="broken",
+                 figures={"degradation": 0.4, "delta": 3.0, "logit_corr": 0.5}),
+             rec("m", "nf4", "caa_y", "mean_diff", 1.0, kind="steering", metric="delta", verdict="inconclusive",
+                 figures={"delta": 1.0}),
+             rec("m", "nf4", "caa_x", "mean_diff", 0.95, kind="logit_diff", metric="logit_corr", verdict="robust",
+                 figures={"logit_corr": 0.95, "logit_corr_pooled": 0.99}),
+             rec("m", "nf4", "caa_x", "mean_diff", 0.8, kind="transfer", metric="transfer_ratio",
+                 verdict="degraded", figures={"transfer_ratio": 0.8})]
+    text = findings.render(steer, ranking.rank(steer), {})
+    h2 = text.split("### H2:")[1].split("### H3:")[0]
+    assert "steering: 1 of 2 cells degraded or broken, 1 inconclusive; logit_diff: 0 of 1" in h2
+    lines = [ln for ln in h2.splitlines() if ln.startswith("- ")]
+    assert lines == [
+        "- steering, nf4: mean degradation 0.400 over 1 cells (degradation of the judged steering delta at the "
+        "reference's operating point); verdicts broken 1, inconclusive 1; 1 cells without it (the reference shows "
+        "no effect to compare)",
+        "- logit_diff, nf4: mean logit_corr 0.950 over 1 cells (correlation of per-question A/B steerability slopes "
+        "with the reference's); verdicts robust 1"]
+    h7 = text.split("### H7:")[1].split("### H8:")[0]
+    assert "0 of 1 transfer cells robust, 1 degraded or broken" in h7 and "mean transfer_ratio 0.800" in h7
+
+
+def test_ranking_reads_each_headlines_direction_from_the_kind_registry() -> None:
+    from quant_harness.report.ranking import degradation
+
+    def rec(kind: str, metric: str, value: float) -> Any:
+        return {"cell_id": "m-nf4-x", "kind": kind, "metric": metric, "value": value}
+
+    assert degradation(rec("vectors", "cosine_mean", 0.9)) == pytest.approx(0.1)
+    assert degradation(rec("probes", "auroc_drop", 0.05)) == pytest.approx(0.05)
+    assert degradation(rec("transfer", "transfer_ratio", 0.8)) == pytest.approx(0.2)
+    assert degradation(rec("benchmarks", "accuracy_drop", 0.02)) == pytest.approx(0.02)
+    assert degradation(rec("sae", "topk_jaccard", 0.7)) == pytest.approx(0.3)
+    assert degradation(rec("steering", "delta", 12.0)) is None, "an inconclusive cell's effect size is not ranked"
+    assert degradation(rec("vectors", "cosine_mean", float("nan"))) is None
