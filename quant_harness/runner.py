@@ -19,7 +19,7 @@ from quant_harness._util import counters, progress
 from quant_harness.store.activations import ActivationCache, Entry, key_of
 from quant_harness.extract.datasets import ContrastSet
 from quant_harness.errors import CellError
-from quant_harness.extract.methods import METHODS, load_vectors
+from quant_harness.extract.methods import METHODS, for_contrast, load_vectors
 from quant_harness.extract.positions import parse_position
 from quant_harness.models import adapter, identity
 from quant_harness.models.precision import LoadedModel, calibration_hash, load
@@ -178,7 +178,7 @@ class StudyRunner:
         layers = entry.meta["components"]["layers"]
         if method not in METHODS:
             raise CellError(f"trait {trait.key}: vector method {method!r}; expected one of {', '.join(METHODS)}, file")
-        fn = METHODS[method]
+        fn = for_contrast(method, paired=self.contrast(trait).paired)   # pca of unpaired sets: every difference
         return {layer: fn(entry.tensors["pos"][:, i], entry.tensors["neg"][:, i]) for i, layer in enumerate(layers)}
 
     def provenance(self, cell: Cell, trait: TraitSpec) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 ``../shared/data/model_twins/<name>/`` holds each model's real ``config.json``, tokenizer files and chat template (no
 weights). A twin keeps the config's class and architecture flags (sliding windows, soft-caps, embedding scale, norm
-placement, tied embeddings, RoPE scaling) and the whole vocabulary, and shrinks the rest: ``LAYERS`` blocks, hidden
-64, intermediate 128, 4 heads, 2 KV heads, head_dim 16. Gemma-3's multimodal config is built from its
-``text_config`` (a text-only ``Gemma3ForCausalLM``) with one sliding and one full attention layer, as its 5:1
-pattern truncated to two layers would give two sliding ones.
+placement, tied embeddings, RoPE scaling) and the whole vocabulary, and shrinks the rest: ``LAYERS`` blocks (three:
+a first, a middle and a last one; bitsandbytes' CPU kernels cost ~10 ms per quantized Linear call, so every block
+counts), hidden 64, intermediate 128, 4 heads, 2 KV heads, head_dim 16. Gemma-3's multimodal config is built from
+its ``text_config`` (a text-only ``Gemma3ForCausalLM``) with sliding and full attention layers alternating, as its
+5:1 pattern truncated to a few layers would give sliding ones only; Gemma-2's truncation alternates already.
 
 Weights are seeded; every norm weight gets a random per-dimension offset, because a uniform norm weight hides
 post-norm leaks (a norm with the same scale on every dimension keeps a vector orthogonal to r orthogonal).
@@ -29,7 +30,7 @@ from pathlib import Path
 TWINS = ("gemma2-2b", "gemma3-4b", "llama-8b", "llama-70b", "mistral-7b", "olmo-7b", "qwen-7b")
 BUILDER_VERSION = "1"
 """Bump when the builder changes what it writes: every cached twin is rebuilt."""
-LAYERS = 4
+LAYERS = 3
 PRECISIONS = ("fp32", "nf4", "int8")
 """What the conformance tests load each twin at (bitsandbytes runs NF4 and LLM.int8 on CPU since 0.46)."""
 SHRINK = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -92,7 +93,7 @@ def tiny_config(source: Path):  # type: ignore[no-untyped-def]
     config.num_hidden_layers = LAYERS
     if getattr(config, "layer_types", None) is not None:
         if config.model_type.startswith("gemma3"):
-            config.layer_types = ["sliding_attention", "full_attention"] * (LAYERS // 2)
+            config.layer_types = (["sliding_attention", "full_attention"] * LAYERS)[:LAYERS]
         else:
             config.layer_types = list(config.layer_types[:LAYERS])
         assert len(config.layer_types) == LAYERS
@@ -154,6 +155,8 @@ def ensure(name: str, source: Path, cache: Path) -> Twin:
     card_dir = cache / "cards"
     card_dir.mkdir(exist_ok=True)
     family = name.split("-")[0]
-    (card_dir / f"{name}.toml").write_text(card_text(name, target, config["num_hidden_layers"],
-                                                     config["hidden_size"], family))
+    card = card_dir / f"{name}.toml"
+    tmp = card.with_name(f".{card.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(card_text(name, target, config["num_hidden_layers"], config["hidden_size"], family))
+    os.replace(tmp, card)   # a reader in another process never sees half a card
     return Twin(name, source, target, card_dir, meta["class"], config["num_hidden_layers"], config["hidden_size"])

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quant_harness._util import progress
+from quant_harness._util.files import digest
 from quant_harness.errors import CellError, StudyError
 from quant_harness.records import CellResult, provenance
 from quant_harness.store import ArtefactStore, JsonCodec, key_of, legacy_json
@@ -92,10 +93,14 @@ def task_config_hash(tm: Any, task: str) -> str:
 
 
 def _data_identity(data_dir: Path | None) -> str:
+    """The benchmark data in a cache key: its SHA256SUMS file's hash, else its data files' names, sizes and mtimes
+    (never the folder's path alone: an updated file in the same folder must be a miss)."""
     if data_dir is None:
         return "none"
     sums = data_dir / "SHA256SUMS"
-    return hashlib.sha256(sums.read_bytes()).hexdigest()[:16] if sums.is_file() else str(data_dir)
+    if sums.is_file():
+        return hashlib.sha256(sums.read_bytes()).hexdigest()[:16]
+    return f"{data_dir}:{digest(data_dir, ('.jsonl', '.json', '.csv', '.parquet', '.txt', '.tsv'))}"
 
 
 def seeded_samples(tm: Any, task: str, k: int, seed: int) -> dict[str, list[int]]:

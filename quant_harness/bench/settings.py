@@ -101,7 +101,7 @@ def local_data_dir(kwargs: dict[str, Any], task: str, holding: str) -> Path:
 NEEDS_DATA = {"qh_hellaswag": "hellaswag/hellaswag_val.jsonl", "qh_mmlu": "mmlu", "qh_truthfulqa_mc1":
               "truthfulqa/mc_task.json", "qh_truthfulqa_mc2": "truthfulqa/mc_task.json"}
 """What the shipped local-data tasks read under the data folder (their utils.py); qh_mmlu_<subject> reads mmlu/."""
-_NAME_LINE = re.compile(r"^(?:task|group|tag):[ \t]*(\S.*?)\s*$", re.M)
+_NAME_LINE = re.compile(r"^(?:task|group|tag):[ \t]*(\S.*?)\s*$", re.MULTILINE)
 
 
 def task_names(include: tuple[Path, ...]) -> set[str]:
@@ -171,10 +171,10 @@ def parse(ctx: SectionContext, table: object) -> BenchmarkSettings:
             raise StudyError(path, f"benchmarks.include_path[{i}]", str(p), "an existing folder of task YAMLs")
     include = (TASKS_DIR, *(p for p in dict.fromkeys(own) if p.resolve() != TASKS_DIR.resolve()))
     if not raw.get("stock_tasks", False):
-        known = task_names(include)
-        listed = ", ".join(sorted(n for n in known if "_mmlu_" not in n))
+        defined = task_names(include)
+        listed = ", ".join(sorted(n for n in defined if "_mmlu_" not in n))
         for i, t in enumerate(tasks):
-            if t not in known:
+            if t not in defined:
                 raise StudyError(path, f"benchmarks.tasks[{i}]", t, f"a task or group of the include path ({listed}, "
                                  "qh_mmlu_<subject>), or stock_tasks = true for lm-eval's own tasks")
     if ctx.check_data:

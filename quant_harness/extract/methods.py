@@ -84,7 +84,8 @@ def _unit(v: Tensor, what: str) -> Tensor:
     norm = v.norm(dim=-1, keepdim=True)
     if bool((norm == 0).any()) or not bool(torch.isfinite(v).all()):
         raise CellError(f"{what}: a resample gives a zero or non-finite vector")
-    return v / norm
+    out: Tensor = v / norm
+    return out
 
 
 def mean_diff_resampled(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tensor) -> Tensor:
@@ -98,7 +99,8 @@ def mean_diff_resampled(pos: Tensor, neg: Tensor, pos_idx: Tensor, neg_idx: Tens
 def _top_eigvec(gram: Tensor) -> Tensor:
     """The eigenvector of the largest eigenvalue of each symmetric ``[B, n, n]`` matrix."""
     _, vecs = torch.linalg.eigh(gram)
-    return vecs[..., -1]
+    top: Tensor = vecs[..., -1]
+    return top
 
 
 def _signed(v: Tensor, toward: Tensor) -> Tensor:
@@ -193,7 +195,8 @@ def _logistic_dual(gram: np.ndarray, y: np.ndarray, C: float, *, iterations: int
         step = np.maximum(np.abs(t[:, None] * d_alpha).max(-1), np.abs(t * db))
         alpha, b, value, k_alpha = alpha + t[:, None] * d_alpha, b + t * db, trial, k_trial
         if float(step.max()) < 1e-10:
-            return alpha
+            solution: np.ndarray = alpha
+            return solution
     raise CellError(f"probe: logistic regression did not converge in {iterations} Newton steps")
 
 

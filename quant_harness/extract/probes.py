@@ -15,20 +15,21 @@ Either is judged only when the reference's AUROC interval clears REFERENCE_FLOOR
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from quant_harness.metrics import resample, tensors as metrics
-from quant_harness.extract import methods
-from quant_harness.extract.datasets import ContrastSet
 from quant_harness.errors import CellError
-from quant_harness.extract.vectors import rows_correspond
+from quant_harness.extract import methods
+from quant_harness.extract.vectors import answer_letters, rows_correspond, strata_of
+from quant_harness.metrics import resample
+from quant_harness.metrics import tensors as metrics
 from quant_harness.metrics.resample import Split
+from quant_harness.metrics.verdicts import DEFAULT_BANDS
 from quant_harness.records import CellResult
 from quant_harness.study.spec import Cell
-from quant_harness.metrics.verdicts import DEFAULT_BANDS
 
 if TYPE_CHECKING:
     from quant_harness.protocols import CellRunner
@@ -82,11 +83,6 @@ def split(n_pos: int, n_neg: int, *, paired: bool, val_fraction: float, seed: in
     return Split(tp, vp, tn, vn)
 
 
-def answer_letters(contrast: ContrastSet) -> list[str]:
-    """CAA: the matching answer's letter per pair (the positive prompt is prefilled up to it, e.g. "(A")."""
-    return [p.prefill.strip("( ") for p in contrast.pos]
-
-
 def _scores(x: Tensor, direction: Tensor, normalize: bool) -> Tensor:
     if normalize:
         x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -138,14 +134,15 @@ def probe_comparison(runner: CellRunner, cell: Cell) -> CellResult:
         per_layer_method: list[resample.BatchedMethod] = [methods.fixed_direction(fixed[L]) for L in layers]
     else:
         per_layer_method = [methods.resampled(cell.method, paired=paired)] * len(layers)
+    strata = strata_of(contrast, paired)
     chosen, cv = resample.select_layer(rp, rn, s_ref, per_layer_method, paired=paired, normalize=normalize,
-                                       seed=study.seed, k=CV_FOLDS)
+                                       seed=study.seed, k=CV_FOLDS, strata=strata)
     bands = study.bands
     pd = resample.probe_drop(
         rp, rn, None if is_ref else qp, None if is_ref else qn, s_ref, chosen, per_layer_method[chosen],
         bands.get("auroc_drop", DEFAULT_BANDS["auroc_drop"]), seed=study.seed, n_boot=study.bootstrap_n,
         level=study.ci_level, paired=paired, paired_precisions=same_rows, normalize=normalize,
-        gate=REFERENCE_FLOOR, reference_band=bands["auroc"], quant_split=None if same_rows else s_q,
+        gate=REFERENCE_FLOOR, reference_band=bands["auroc"], quant_split=None if same_rows else s_q, strata=strata,
         fail_on=study.fail_on, fail_on_inconclusive=study.fail_on_inconclusive)
     aurocs = layer_aurocs(qp, qn, s_q, cell.method, fixed, layers, paired=paired)
     figures: dict[str, Any] = {
@@ -163,8 +160,8 @@ def probe_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     if not is_ref:
         per_layer["auroc_reference"] = layer_aurocs(rp, rn, s_ref, cell.method, fixed, layers, paired=paired)
     j = pd.judgement
-    notes = [f"layer {layers[chosen]} chosen by {CV_FOLDS}-fold cross-validation on the reference's train split "
-             f"(CV AUROC {cv[chosen]:.3f}), never by the validation split",
+    notes = [(f"layer {layers[chosen]} chosen by {CV_FOLDS}-fold cross-validation on the reference's train split "
+              f"(CV AUROC {cv[chosen]:.3f}), never by the validation split"),
              f"reference AUROC {pd.reference.point:.3f} ({pd.reference.low:.3f}..{pd.reference.high:.3f})"
              + ("" if is_ref else f", quantized {pd.quantized.point:.3f} "
                                   f"({pd.quantized.low:.3f}..{pd.quantized.high:.3f})"),

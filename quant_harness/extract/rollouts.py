@@ -230,7 +230,13 @@ def rollout_inputs(runner: CellRunner, model: str, precision: str, trait: TraitS
         threshold = trait.judge_filter
         judge = judges.study_judge(runner)
         template = contrast.eval_prompt or judges.load_prompt(trait.key)
+        lost = getattr(judge, "unanswered", 0)
         scores = pair_scores(judge, template, [p.messages[-1][1] for p in pos_p], r.pos, r.neg)
+        lost = getattr(judge, "unanswered", 0) - lost
+        if lost:  # which pairs are kept would depend on a failure: build nothing, so a re-run asks those again
+            raise CellError(f"judge {judges.describe(runner.study.judge, runner.pool.model_dir)}: {lost} of "
+                            f"{4 * len(r.pos)} filter answers got no answer after the retries; expected an answer "
+                            f"to each (answers received are cached: a re-run asks only the {lost} missing)")
     kept = kept_pairs(r.pos, r.neg, scores, threshold=threshold)
     info = {"responses_from": source, "responses_key": r.key, "n_pairs": len(r.pos), "kept_pairs": len(kept),
             "judge_filtered": scores is not None}

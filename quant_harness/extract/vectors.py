@@ -11,14 +11,26 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from quant_harness.metrics import tensors as metrics
 from quant_harness.extract import methods
 from quant_harness.metrics import resample
+from quant_harness.metrics import tensors as metrics
 from quant_harness.records import CellResult
 from quant_harness.study.spec import Cell
 
 if TYPE_CHECKING:
+    from quant_harness.extract.datasets import ContrastSet
     from quant_harness.protocols import CellRunner
+
+
+def answer_letters(contrast: ContrastSet) -> list[str]:
+    """CAA: the matching answer's letter per pair (the positive prompt is prefilled up to it, e.g. "(A")."""
+    return [p.prefill.strip("( ") for p in contrast.pos]
+
+
+def strata_of(contrast: ContrastSet, paired: bool) -> list[str] | None:
+    """The labels pairs are resampled within: CAA's matching answer letter (its sets balance A and B so that the
+    letter's own direction cancels), else none."""
+    return answer_letters(contrast) if paired and contrast.format == "caa" else None
 
 
 def rows_correspond(ref: Any, quant: Any) -> bool:
@@ -49,8 +61,8 @@ def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     a = resample.vector_agreement(
         rp, rn, qp, qn, methods.resampled(cell.method, paired=paired), study.bands["cosine"], seed=study.seed,
         n_boot=study.bootstrap_n, level=study.ci_level, paired=paired, paired_precisions=rows_correspond(ref_e, q_e),
-        align_to_mean_diff=cell.method == "pca", layers=layers, fail_on=study.fail_on,
-        fail_on_inconclusive=study.fail_on_inconclusive)
+        align_to_mean_diff=cell.method == "pca", strata=strata_of(contrast, paired), layers=layers,
+        fail_on=study.fail_on, fail_on_inconclusive=study.fail_on_inconclusive)
     k = study.massive_dims_k
     cos = a.cosine
     per_layer = {
@@ -71,9 +83,9 @@ def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
         "n_layers": len(layers), **a.figures(),
     }
     notes = [f"resampled: {a.resampled()}",
-             f"reference self-cosine median {a.self_mean:.4f}, {resample.tail(a.interval.level):.1%} quantile "
-             f"{a.self_low:.4f}; quantization shift 1-cos {1 - mean_cos:.4f} against the reference's own "
-             f"1-self {1 - a.self_mean:.4f}"]
+             (f"reference self-cosine median {a.self_mean:.4f}, {resample.tail(a.interval.level):.1%} quantile "
+              f"{a.self_low:.4f}; quantization shift 1-cos {1 - mean_cos:.4f} against the reference's own "
+              f"1-self {1 - a.self_mean:.4f}")]
     if cell.method == "pca":
         notes.append("PCA vectors at both precisions signed to agree with the reference's mean difference")
         if not paired:

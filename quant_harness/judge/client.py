@@ -206,12 +206,12 @@ class Judge:
     def _wait(self, attempt: int, error: Exception | None) -> float:
         """Seconds before retry ``attempt`` (1, 2, ...): exponential backoff, or a 429's Retry-After when longer
         (capped at RETRY_AFTER_CAP)."""
-        wait = self.settings.backoff * 2 ** (attempt - 1)
+        wait = float(self.settings.backoff * 2 ** (attempt - 1))
         response = getattr(error, "response", None)
         header = response.headers.get("retry-after") if response is not None else None
         try:
             return max(wait, min(float(header), RETRY_AFTER_CAP)) if header else wait
-        except ValueError:
+        except (TypeError, ValueError):
             return wait
 
     def _call(self, req: dict[str, Any]) -> tuple[str, list[dict[str, Any]] | None]:

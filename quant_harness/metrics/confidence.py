@@ -3,7 +3,9 @@
 A mean over three layers or a handful of prompts can land on either side of a threshold by chance; a verdict
 from the point estimate alone would flip between runs of a slightly different study. Every kind computes its
 headline figure, calls ``bootstrap_ci`` on the values it averaged (or with a resampling function when the
-statistic is not a mean), and ``judge_interval`` turns the interval into a verdict.
+statistic is not a mean), or ``from_replicates`` on replicates it drew itself (quant_harness.metrics.resample:
+paired resamples of contrast examples, validation examples, texts), and ``judge_interval`` turns the interval into
+a verdict.
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ activations.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -43,8 +46,46 @@ class Draws(NamedTuple):
         return int(self.pos.shape[0])
 
 
-def draws(n_pos: int, n_neg: int, *, paired: bool, n_boot: int, rng: np.random.Generator) -> Draws:
-    """``n_boot`` resamples with replacement: of pairs (one index per pair, both classes) or of each class."""
+@contextmanager
+def small_ops() -> Iterator[None]:
+    """One thread for torch and BLAS while resampling: thousands of tiny batched products run several times faster
+    on one thread than on a pool that contends with other workers (3x measured on 2 shared cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # shipped with scikit-learn; without it numpy keeps its pool
+            yield
+        else:
+            with threadpool_limits(1):
+                yield
+    finally:
+        torch.set_num_threads(before)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    @functools.wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with small_ops():
+            return fn(*args, **kwargs)
+    return run
+
+
+def draws(n_pos: int, n_neg: int, *, paired: bool, n_boot: int, rng: np.random.Generator,
+          strata: Sequence[str] | None = None) -> Draws:
+    """``n_boot`` resamples with replacement: of pairs (one index per pair, both classes) or of each class.
+
+    ``strata`` (paired data) labels each pair, e.g. CAA's matching answer letter: pairs are then drawn within their
+    label, so every resample keeps the data's letter counts. A CAA set is balanced by design so that the letter
+    token's own direction (A vs B) cancels in the mean difference; a plain resample unbalances it, and on SmolLM2 its
+    layer-2 mean difference then points along the letter (two halves of the pairs give cosine -0.99), which is noise
+    of the design, not of the trait.
+    """
     if n_boot < 1:
         raise CellError(f"bootstrap needs n >= 1 replicates, got {n_boot}")
     if n_pos < 1 or n_neg < 1:
@@ -52,7 +93,16 @@ def draws(n_pos: int, n_neg: int, *, paired: bool, n_boot: int, rng: np.random.G
     if paired:
         if n_pos != n_neg:
             raise CellError(f"paired resampling needs equal classes; got {n_pos} positive and {n_neg} negative")
-        idx = torch.from_numpy(rng.integers(0, n_pos, size=(n_boot, n_pos)))
+        if strata is None:
+            idx = torch.from_numpy(rng.integers(0, n_pos, size=(n_boot, n_pos)))
+            return Draws(idx, idx)
+        if len(strata) != n_pos:
+            raise CellError(f"{len(strata)} strata labels for {n_pos} pairs")
+        out = np.empty((n_boot, n_pos), dtype=np.int64)
+        for label in sorted(set(strata)):
+            members = np.array([i for i, x in enumerate(strata) if x == label])
+            out[:, members] = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+        idx = torch.from_numpy(out)
         return Draws(idx, idx)
     return Draws(torch.from_numpy(rng.integers(0, n_pos, size=(n_boot, n_pos))),
                  torch.from_numpy(rng.integers(0, n_neg, size=(n_boot, n_neg))))
@@ -65,7 +115,8 @@ def identity(n_pos: int, n_neg: int) -> Draws:
 
 def _rows_cos(a: Tensor, b: Tensor) -> Tensor:
     """Cosine of matching rows ``[B, d] x [B, d] -> [B]`` (``b`` may be one row, broadcast)."""
-    return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    out: Tensor = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    return out
 
 
 def _count_mean(x: Tensor, idx: Tensor) -> Tensor:
@@ -160,6 +211,7 @@ class VectorAgreement:
     paired: bool
     paired_precisions: bool
     aligned: bool
+    stratified: bool = False
 
     @property
     def value(self) -> float:
@@ -169,6 +221,8 @@ class VectorAgreement:
         """What the interval resamples, for explanations and records."""
         units = f"{self.n_pos} contrast pairs (pairs kept together)" if self.paired else \
             f"{self.n_pos} positive and {self.n_neg} negative examples (each class on its own)"
+        if self.stratified:
+            units += " drawn within each answer letter"
         same = "the same resample at the reference and the quantized precision" if self.paired_precisions else \
             "independent resamples at each precision (their rows are different examples)"
         return f"{self.interval.n} bootstrap resamples of {units}, {same}"
@@ -185,10 +239,12 @@ class VectorAgreement:
         }
 
 
+@_one_thread
 def vector_agreement(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor, q_neg: Tensor, method: BatchedMethod,
                      band: Band, *, seed: int, n_boot: int = 1000, level: float = 0.95, paired: bool = True,
                      paired_precisions: bool = True, align_to_mean_diff: bool = False,
-                     layers: Sequence[int] | None = None, fail_on: Verdict | None = None,
+                     strata: Sequence[str] | None = None, layers: Sequence[int] | None = None,
+                     fail_on: Verdict | None = None,
                      fail_on_inconclusive: bool = False) -> VectorAgreement:
     """Cosine of a method's vectors at the quantized precision with the reference's, from ``[n, layers, d]``
     activations of both classes at both precisions.
@@ -196,6 +252,7 @@ def vector_agreement(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor, q_neg: Ten
     Args:
         method: the method on resamples (quant_harness.extract.methods.resampled).
         paired: pos[i] and neg[i] form a pair (resampled together); else each class is resampled on its own.
+        strata: a label per pair (CAA's matching answer letter): pairs are resampled within their label (``draws``).
         paired_precisions: row i is the same example at both precisions, so both get the same resample; False
             (e.g. PV rollouts that kept different pairs) draws the quantized precision's resamples independently.
         align_to_mean_diff: for PCA, whose sign is a convention: sign both precisions' vectors to agree with the
@@ -217,7 +274,8 @@ def vector_agreement(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor, q_neg: Ten
     if len(layer_ids) != n_layers:
         raise CellError(f"{len(layer_ids)} layer ids for {n_layers} layers of activations")
     rng = np.random.default_rng(seed)
-    d_ref = draws(len(ref_pos), len(ref_neg), paired=paired, n_boot=n_boot, rng=rng)
+    d_ref = draws(len(ref_pos), len(ref_neg), paired=paired, n_boot=n_boot, rng=rng,
+                  strata=strata if paired else None)
     d_q = d_ref if paired_precisions else draws(len(q_pos), len(q_neg), paired=paired, n_boot=n_boot, rng=rng)
     one_r, one_q = identity(len(ref_pos), len(ref_neg)), identity(len(q_pos), len(q_neg))
     cos, self_med, refs, quants = [], [], [], []
@@ -253,7 +311,8 @@ def vector_agreement(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor, q_neg: Ten
     j = judge_with_floor("cosine_mean", interval, band, floor, floor_name="self-cosine", unit=unit,
                          fail_on=fail_on, fail_on_inconclusive=fail_on_inconclusive)
     return VectorAgreement(layer_ids, cos, interval, self_med, float(self_reps.median()), floor, j, refs, quants,
-                           len(ref_pos), len(ref_neg), paired, paired_precisions, align_to_mean_diff)
+                           len(ref_pos), len(ref_neg), paired, paired_precisions, align_to_mean_diff,
+                           stratified=paired and strata is not None)
 
 
 # --- probes -----------------------------------------------------------------------------------------------------
@@ -287,30 +346,41 @@ class Split(NamedTuple):
     val_neg: list[int]
 
 
-def folds(n_pos: int, n_neg: int, *, paired: bool, k: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """``k`` seeded held-out folds ``(pos rows, neg rows)`` of a train split; paired folds hold whole pairs."""
+def folds(n_pos: int, n_neg: int, *, paired: bool, k: int, seed: int,
+          strata: Sequence[str] | None = None) -> list[tuple[list[int], list[int]]]:
+    """``k`` seeded held-out folds ``(pos rows, neg rows)`` of a train split; paired folds hold whole pairs, dealt
+    out label by label when ``strata`` are given (each fold then holds the letters in about the data's share)."""
     g = torch.Generator().manual_seed(seed)
     if paired:
-        perm = torch.randperm(n_pos, generator=g).tolist()
         k = max(2, min(k, n_pos))
+        if strata is None:
+            perm = torch.randperm(n_pos, generator=g).tolist()
+        else:                                   # each label's pairs in a row, so dealing round-robin spreads them
+            perm = []
+            for label in sorted(set(strata)):
+                members = [i for i, x in enumerate(strata) if x == label]
+                perm += [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
         return [(sorted(perm[f::k]), sorted(perm[f::k])) for f in range(k)]
     k = max(2, min(k, n_pos, n_neg))
     pp, pn = torch.randperm(n_pos, generator=g).tolist(), torch.randperm(n_neg, generator=g).tolist()
     return [(sorted(pp[f::k]), sorted(pn[f::k])) for f in range(k)]
 
 
+@_one_thread
 def select_layer(pos: Tensor, neg: Tensor, split: Split, method: BatchedMethod | Sequence[BatchedMethod], *,
-                 paired: bool, normalize: bool, seed: int, k: int = 5) -> tuple[int, list[float]]:
+                 paired: bool, normalize: bool, seed: int, k: int = 5,
+                 strata: Sequence[str] | None = None) -> tuple[int, list[float]]:
     """The layer to judge a probe at, chosen on the reference's *train* split only (never its validation split):
     the highest mean held-out AUROC over ``k`` cross-validation folds of the train split. ``method`` is one for
     every layer or one per layer (fixed ``file`` vectors). Returns (index, per-layer CV AUROC); ties go to the
-    earlier layer."""
+    earlier layer. ``strata`` labels every pair (not only the train split's): folds are dealt within labels."""
     tp, tn = pos[split.train_pos], neg[split.train_neg]
     if len(tp) < 2 or len(tn) < 2:
         raise CellError(f"train split of {len(tp)} positive and {len(tn)} negative examples is too small to "
                         f"choose a layer by cross-validation")
     cv: list[float] = []
-    chunks = folds(len(tp), len(tn), paired=paired, k=k, seed=seed)
+    chunks = folds(len(tp), len(tn), paired=paired, k=k, seed=seed,
+                   strata=None if strata is None or not paired else [strata[i] for i in split.train_pos])
     for i in range(pos.shape[1]):
         fold_aurocs = []
         for hold_p, hold_n in chunks:
@@ -339,6 +409,7 @@ class ProbeDrop:
     n_val: tuple[int, int]
     paired: bool
     paired_precisions: bool
+    stratified: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -346,7 +417,8 @@ class ProbeDrop:
         return self.reference.low > self.gate
 
     def resampled(self) -> str:
-        what = "pairs" if self.paired else "examples of each class"
+        what = ("pairs" + (" (within each answer letter)" if self.stratified else "")) if self.paired else \
+            "examples of each class"
         same = "the same resamples at both precisions" if self.paired_precisions else \
             "independent resamples at each precision"
         return (f"{self.drop.n} bootstrap resamples of the train {what} ({self.n_train[0]}+{self.n_train[1]}, "
@@ -363,10 +435,12 @@ class ProbeDrop:
         }
 
 
+@_one_thread
 def probe_drop(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor | None, q_neg: Tensor | None, split: Split,
                layer: int, method: BatchedMethod, band: Band, *, seed: int, n_boot: int = 1000,
                level: float = 0.95, paired: bool = True, paired_precisions: bool = True, normalize: bool = False,
                gate: float = 0.6, reference_band: Band | None = None, quant_split: Split | None = None,
+               strata: Sequence[str] | None = None,
                fail_on: Verdict | None = None, fail_on_inconclusive: bool = False) -> ProbeDrop:
     """The drop in validation AUROC at ``layer`` from the reference to the quantized precision, with a paired
     bootstrap interval, gated on the reference's own AUROC interval.
@@ -377,9 +451,10 @@ def probe_drop(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor | None, q_neg: Te
     is no readable trait for quantization to lose and the cell is ``inconclusive``. ``q_pos is None`` scores the
     reference alone (the reference cell): its AUROC interval is judged in ``reference_band`` behind the same gate.
     ``quant_split`` (with ``paired_precisions=False``) splits quantized activations whose rows are other examples.
+    ``strata`` labels every pair (CAA's answer letter): train and validation pairs are drawn within their label.
     """
     reference_only = q_pos is None or q_neg is None
-    qp_all, qn_all = (ref_pos, ref_neg) if reference_only else (q_pos, q_neg)
+    qp_all, qn_all = (q_pos, q_neg) if q_pos is not None and q_neg is not None else (ref_pos, ref_neg)
     for name, x in (("reference positive", ref_pos), ("reference negative", ref_neg),
                     ("quantized positive", qp_all), ("quantized negative", qn_all)):
         _check_acts(name, x)
@@ -388,13 +463,16 @@ def probe_drop(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor | None, q_neg: Te
                         "pass paired_precisions=False")
     rng = np.random.default_rng(seed)
 
-    def resamples(s: Split) -> tuple[Draws, Draws]:
-        return (draws(len(s.train_pos), len(s.train_neg), paired=paired, n_boot=n_boot, rng=rng),
-                draws(len(s.val_pos), len(s.val_neg), paired=paired, n_boot=n_boot, rng=rng))
+    def resamples(s: Split, labels: Sequence[str] | None) -> tuple[Draws, Draws]:
+        def part(rows: list[int]) -> list[str] | None:
+            return None if labels is None or not paired else [labels[i] for i in rows]
+        return (draws(len(s.train_pos), len(s.train_neg), paired=paired, n_boot=n_boot, rng=rng,
+                      strata=part(s.train_pos)),
+                draws(len(s.val_pos), len(s.val_neg), paired=paired, n_boot=n_boot, rng=rng, strata=part(s.val_pos)))
 
     q_split = quant_split or split
-    tr, va = resamples(split)
-    tr_q, va_q = (tr, va) if paired_precisions or reference_only else resamples(q_split)
+    tr, va = resamples(split, strata)
+    tr_q, va_q = (tr, va) if paired_precisions or reference_only else resamples(q_split, None)
 
     def measure(pos: Tensor, neg: Tensor, s: Split, t: Draws, v: Draws) -> tuple[float, Tensor]:
         tp, tn = pos[s.train_pos, layer], neg[s.train_neg, layer]
@@ -431,7 +509,8 @@ def probe_drop(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor | None, q_neg: Te
                       interval=(drop_i.low, drop_i.high), level=level, fail_on_inconclusive=fail_on_inconclusive,
                       reason=gate_reason)
     return ProbeDrop(ref_i, q_i, drop_i, gate, j, (len(split.train_pos), len(split.train_neg)),
-                     (len(split.val_pos), len(split.val_neg)), paired, paired_precisions or reference_only)
+                     (len(split.val_pos), len(split.val_neg)), paired, paired_precisions or reference_only,
+                     stratified=paired and strata is not None)
 
 
 # --- SAE ----------------------------------------------------------------------------------------------------------
@@ -473,3 +552,4 @@ def topk_self_overlap(features: Tensor, groups: Tensor, k: int, *, seed: int, n_
     top = torch.zeros(n_boot, f.shape[1], dtype=torch.bool).scatter_(1, means.topk(k, dim=1).indices, True)
     jac = (top & full).sum(1).double() / (top | full).sum(1).double()
     return float(jac.median()), float(np.quantile(jac.numpy(), tail(level)))
+

@@ -7,6 +7,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from quant_harness._util.validate import describe
 from quant_harness.errors import StudyError
 
 _REQUIRED = {"name": str, "hub_id": str, "layers": int, "hidden_size": int}
@@ -73,13 +74,13 @@ def load_card(name: str, cards_dir: Path) -> ModelCard:
     for key, typ in {**_REQUIRED, **_OPTIONAL}.items():
         if key not in raw:
             if key in _REQUIRED:
-                raise StudyError(path, key, None, f"a {typ.__name__} (required)")
+                raise StudyError(path, key, None, f"{describe(typ)} (required)")
             continue
         value = raw[key]
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, typ) or isinstance(value, bool):
-            raise StudyError(path, key, value, f"a {typ.__name__}")
+            raise StudyError(path, key, value, describe(typ))
         fields[key] = value
     unknown = set(raw) - set(_REQUIRED) - set(_OPTIONAL)
     if unknown:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from quant_harness._util import files
 from quant_harness.models.cards import ModelCard

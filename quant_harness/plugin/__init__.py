@@ -149,8 +149,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     from quant_harness.study.files import check_cell_files
 
-    selected = [item.callspec.params["cell"] for item in session.items
-                if "cell" in getattr(getattr(item, "callspec", None), "params", {})]
+    params = [getattr(getattr(item, "callspec", None), "params", {}) for item in session.items]
+    selected = [p["cell"] for p in params if "cell" in p]
     try:
         check_cell_files(study, selected)
     except StudyError as e:

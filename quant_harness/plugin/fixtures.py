@@ -49,7 +49,7 @@ def cell_result(cell: Cell, quant_runner: CellRunner) -> CellResult:
     except QuantHarnessError as e:
         # every error the library raises on purpose already names the file or endpoint, the field and what was
         # expected: the cell's ERROR says that in one line, the cell first, without a traceback to read past
-        raise CellError(f"cell {cell.id}: {e}", pytrace=False) from e
+        raise CellError(f"cell {cell.id}: {e}", pytrace=False) from None  # the one line holds the cause's text
 
 
 class CellError(pytest.fail.Exception):  # type: ignore[misc,name-defined]

@@ -14,9 +14,10 @@ before a worker pins its GPUs.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 from quant_harness import data
 from quant_harness.errors import DatasetError, StudyError
@@ -69,7 +70,7 @@ def _header(path: Path, study: Path, key: str) -> dict[str, tuple[list[int], str
 
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {k: (list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+            return {k: (list(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises its own error types for a damaged header
         raise StudyError(study, key, str(path), f"a readable safetensors file ({type(e).__name__}: {e})") from e
 

@@ -113,7 +113,7 @@ def _steering_selects(study: Study, trait: TraitSpec, method: str) -> bool:
 
 _STEERING = "steering_comparison.json"
 _COUNTS = {"n_layers": 0, "n_questions": 0, "n_prompts": 0, "n_texts": 0, "n_docs": 0, "n_train": 0, "n_val": 0,
-           "layer": 0, "unscored": 0, "val_fraction": 0, "ci_level": 0}
+           "layer": 0, "unscored": 0, "val_fraction": 0, "ci_level": 0, "n_boot": 0}
 """Counts and settings recorded beside the figures: they have no better or worse."""
 
 _VECTORS = {"cosine_mean": 1, "cosine_min": 1, "cosine_max": 1, "cosine_min_layer": 0, "cosine_shift": -1,
@@ -121,7 +121,7 @@ _VECTORS = {"cosine_mean": 1, "cosine_min": 1, "cosine_max": 1, "cosine_min_laye
             "self_shift_reference": -1, "norm_ratio_mean": 0, "massive_dim_energy_mean": 0}
 _PROBES = {"auroc": 1, "auroc_reference": 1, "auroc_drop": -1, "auroc_best": 1, "auroc_mean": 1,
            "auroc_best_layer": 0, "auroc_reference_best": 1, "auroc_reference_at_best": 1, "auroc_drop_max": -1,
-           "reference_flagged": 0}
+           "reference_flagged": 0, "auroc_layer": 0, "auroc_cv_reference_at_layer": 1, "reference_gate": 0}
 _STEERING_FIGURES = {"degradation": -1, "delta": 1, "delta_reference": 1, "coherence": 1, "coherence_reference": 1,
                      "baseline_trait": 0, "baseline_trait_reference": 0, "baseline_coherence": 0,
                      "baseline_coherence_reference": 0}
@@ -134,7 +134,7 @@ _REFUSAL = {"degradation": -1, "effect": 1, "effect_reference": 1}
 _BENCHMARKS = {"accuracy_drop": -1, "accuracy": 1, "accuracy_reference": 1, "drop_stderr": 0,
                "drop_stderr_unpaired": 0, "significant": 0}
 _SAE = {"topk_jaccard": 1, "active_kept": 1, "shared_corr": 1, "fvu_reference": 0, "fvu_quantized": -1,
-        "sae_eval_fvu": 0, "sae_dead_share": 0}
+        "sae_eval_fvu": 0, "sae_dead_share": 0, "self_overlap_reference": 1, "self_overlap_reference_low": 1}
 
 KINDS: dict[str, KindSpec] = {k.name: k for k in (
     KindSpec("vectors", "quant_harness.extract.vectors:vector_comparison", "vector_comparison.json", "cosine",

@@ -234,9 +234,9 @@ def load(path: str | Path, *, check_data: bool = True) -> Study:
         ci_level=head.get("ci_level", 0.95), replay=head.get("replay", False),
         root=root, **sections,
     )
-    if check_data:
-        sae = study.sae
-        for d in sae.dictionaries if sae is not None else ():
+    sae = study.sae
+    if check_data and sae is not None:
+        for d in sae.dictionaries:
             for model in (d.models or tuple(cards)):
                 if d.path is not None:
                     files.check_bundle(path, f"sae.dictionaries.{d.name}", d.path, d.layout,

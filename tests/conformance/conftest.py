@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import twins  # noqa: E402  (tests/twins.py: the builder)
+import twins
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = twins.data_dir(REPO)

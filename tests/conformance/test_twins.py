@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 import torch
+import twins  # tests/twins.py (conftest.py puts tests/ on the path)
 
 from quant_harness.extract import activations, rollouts
 from quant_harness.extract.datasets import Prompt, load_arditi, load_caa, load_pv
 from quant_harness.extract.methods import METHODS
 from quant_harness.extract.positions import parse_position
 from quant_harness.models import adapter
-
-import twins  # tests/twins.py (conftest.py puts tests/ on the path)
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = twins.data_dir(REPO)
@@ -494,7 +493,8 @@ def test_sae(loaded: Any, name: str, precision: str) -> None:
 @MODELS
 def test_lm_eval(loaded: Any, name: str, precision: str) -> None:
     """One loglikelihood request through lm-eval's HFLM on the resident model (as bench/lm_eval.py builds it)
-    equals the continuation's log-probability from the model's own logits."""
+    equals the continuation's log-probability from the model's own logits; the shared-prefix HFLM (the KV cache of
+    this architecture) gives HFLM's numbers."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
@@ -509,6 +509,14 @@ def test_lm_eval(loaded: Any, name: str, precision: str) -> None:
     logp = torch.log_softmax(logits, -1)
     want = float(sum(logp[len(ctx_ids) + j - 1, t] for j, t in enumerate(cont_ids)))
     assert ll < 0 and abs(ll - want) < 10 * TOL[precision] * max(1.0, abs(want)), (ll, want)
+    from quant_harness.bench.shared_prefix import SharedPrefixHFLM   # one context run once for both choices
+
+    reqs = [Instance(request_type="loglikelihood", doc={}, arguments=(context, c), idx=i)
+            for i, c in enumerate((" four", " five"))]
+    stock = [x for x, _ in hflm.loglikelihood(reqs, disable_tqdm=True)]
+    shared = SharedPrefixHFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=2)
+    ours = [x for x, _ in shared.loglikelihood(reqs, disable_tqdm=True)]
+    assert ours == pytest.approx(stock, abs=10 * TOL[precision] * max(1.0, abs(want)))
 
 
 # --- cards --------------------------------------------------------------------------------------------------------

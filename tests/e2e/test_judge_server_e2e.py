@@ -9,7 +9,7 @@ import pytest
 
 from quant_harness._util import counters, progress
 from quant_harness.judge import client as judges
-from quant_harness.errors import JudgeError
+from quant_harness.judge.settings import JudgeSettings
 
 SECRET = "sk-test-not-a-real-key-0123456789"
 
@@ -25,8 +25,7 @@ def checkpoint(model_dir: Path) -> Path:
 def test_judge_round_trip_cache_and_failure(checkpoint: Path, tmp_path: Path) -> None:
     log = io.StringIO()
     progress.set_sink(log)
-    s = judges.settings({"base_url": "local", "max_retries": 2, "backoff": 0.05, "timeout": 300,
-                         "constrain_number": True})
+    s = JudgeSettings(base_url="local", max_retries=2, backoff=0.05, timeout=300, constrain_number=True)
     server = judges.LocalServer(checkpoint)
     url = server.start()
     try:
@@ -39,16 +38,17 @@ def test_judge_round_trip_cache_and_failure(checkpoint: Path, tmp_path: Path) ->
         assert calls >= before + 1
         again = judge.score(prompt)
         assert again == first and counters.snapshot()["judge_calls"] == calls
-        cached = list((tmp_path / "judge").rglob("*.json"))
-        assert len(cached) == 1 and SECRET not in cached[0].read_text()
+        cached = [p for p in (tmp_path / "judge").rglob("*") if p.is_file()]
+        assert len([p for p in cached if p.name == "meta.json"]) == 1
+        assert not [p for p in cached if SECRET in p.read_text()]
     finally:
         server.stop()
     other = judges.load_prompt("coherence").format(question="Name a colour.", answer="Blue.")
-    with pytest.raises(JudgeError, match=r"no answer after 3 attempts \(APIConnectionError") as err:
-        judge.score(other)
-    assert SECRET not in str(err.value)
+    lost = judge.score(other)   # the server is gone: unscored after the retries, never a 0, and not cached
+    assert lost.value is None and "no answer after 3 attempts (APIConnectionError" in lost.raw
+    assert SECRET not in lost.raw
     assert log.getvalue().count("APIConnectionError") == 3 and SECRET not in log.getvalue()
     progress.set_sink(None)
     assert counters.snapshot()["judge_calls"] == calls + 3
     assert judge.score(prompt) == first
-    assert len(list((tmp_path / "judge").rglob("*.json"))) == 1
+    assert len(list((tmp_path / "judge").rglob("meta.json"))) == 1

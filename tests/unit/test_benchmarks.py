@@ -34,7 +34,7 @@ def test_default_study_has_a_sanity_cell_per_precision_reference_included() -> N
 
 
 def test_benchmarks_study_names_hellaswag_mmlu_truthfulqa() -> None:
-    s = study.load(REPO / "cases/studies/benchmarks.toml")
+    s = study.load(REPO / "cases/studies/benchmarks.toml", check_data=False)  # the data folder may be elsewhere
     ids = [c.id for c in cells(s, "benchmarks")]
     assert "smollm2-135m-gptq-hellaswag" in ids and "smollm2-135m-int8-mmlu" in ids
     opts = s.benchmarks.options
@@ -70,7 +70,7 @@ def test_steered_cells_follow_the_plain_ones(tmp_path: Path) -> None:
              f'dataset = "{REPO}/fixtures/traits/caa_sycophancy.json"\nlayers = [10]\n')
     s = study.load(_study(tmp_path, 'tasks = ["qh_sanity", "qh_hellaswag"]\n[benchmarks.steered]\n'
                           'trait = "caa_sycophancy"\nmethod = "mean_diff"\nlayer = 10\ncoefficient = 4.0\n'
-                          'tasks = ["qh_sanity"]', trait))
+                          'tasks = ["qh_sanity"]', trait), check_data=False)
     ids = [c.id for c in cells(s, "benchmarks") if c.precision == "nf4"]
     assert ids == ["smollm2-135m-nf4-sanity", "smollm2-135m-nf4-hellaswag", "smollm2-135m-nf4-sanity_steered"]
     assert s.benchmarks.task_of("sanity_steered") == ("qh_sanity", True)

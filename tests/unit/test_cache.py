@@ -366,7 +366,7 @@ def test_judge_answers_go_through_the_store(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(judge, "_call", call)
     assert judge.score("rate this").value == 73.0 and judge.score("rate this").value == 73.0 and len(asked) == 1
     [entry] = ArtefactStore(tmp_path).entries()
-    assert entry["kind"] == "judge" and entry["components"] == asked[0]
+    assert entry["kind"] == "judge" and entry["components"] == {"endpoint": judge.base_url, "request": asked[0]}
     req = judge._request("answered before the store")
     h = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
     old = tmp_path / "judge" / h[:2] / f"{h}.json"

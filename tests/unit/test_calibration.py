@@ -16,7 +16,7 @@ The rates measured are printed (``pytest -s``) and asserted.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest

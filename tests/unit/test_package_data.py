@@ -90,7 +90,7 @@ def test_named_paths_resolve_against_the_root_only(tmp_path: Path) -> None:
         [sae.dictionaries.mine]
         path = "saes/mine"
         """
-    s = study.load(_project(tmp_path, extra))
+    s = study.load(_project(tmp_path, extra), check_data=False)  # none of the named files exists
     assert s.steering.ab_file(tmp_path, "caa_sycophancy") == tmp_path / "ab" / "caa_sycophancy_test.json"
     assert s.steering.refusal_file(tmp_path) == tmp_path / "refusal.json"
     assert s.sae is not None and s.sae.texts == tmp_path / "texts.json"

@@ -4,6 +4,7 @@ runner (record keys the reports read)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import SimpleNamespace as NS
 from typing import Any
 
@@ -26,6 +27,15 @@ from quant_harness.study.spec import Cell
 COSINE = DEFAULT_BANDS["cosine"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Many tiny matrix products: one thread each is faster than a contended pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _data(seed: int = 0, n: int = 20, m: int | None = None, d: int = 12, layers: int = 2,
           signal: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
@@ -33,7 +43,7 @@ def _data(seed: int = 0, n: int = 20, m: int | None = None, d: int = 12, layers:
     u[0] = signal
     pos = rng.normal(size=(n, layers, d)) + u
     neg = rng.normal(size=(m or n, layers, d))
-    return torch.from_numpy(pos), torch.from_numpy(neg)
+    return torch.from_numpy(pos).float(), torch.from_numpy(neg).float()
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -48,7 +58,7 @@ def test_batched_methods_match_each_resample_computed_on_its_own() -> None:
     pc = methods.pca_resampled(p, q, idx, idx).numpy()
     pr = methods.probe_resampled(p, q, idx, idx).numpy()
     for b, rows in enumerate(idx.numpy()):
-        P, N = p.numpy()[rows], q.numpy()[rows]
+        P, N = p.numpy()[rows].astype(float), q.numpy()[rows].astype(float)
         assert np.allclose(md[b], P.mean(0) - N.mean(0), atol=1e-12)
         delta = P - N
         vh = np.linalg.svd(np.r_[delta, -delta], full_matrices=False)[2][0]
@@ -68,7 +78,7 @@ def test_unpaired_pca_is_the_pca_of_every_difference_and_ignores_row_order() -> 
     pos, neg = _data(n=9, m=13, d=7)
     p, q = pos[:, 0], neg[:, 0]
     v = methods.pca_unpaired(p, q).double().numpy()
-    diffs = (p.numpy()[:, None] - q.numpy()[None]).reshape(-1, 7)          # all 9 x 13 differences
+    diffs = (p.double().numpy()[:, None] - q.double().numpy()[None]).reshape(-1, 7)          # all 9 x 13 differences
     ref = np.linalg.svd(diffs, full_matrices=False)[2][0]
     ref *= np.sign(ref @ diffs.mean(0))
     assert _cos(v, ref) == pytest.approx(1.0, abs=1e-6)
@@ -97,7 +107,7 @@ def test_vector_agreement_reproduces_a_numpy_paired_bootstrap() -> None:
     rng = np.random.default_rng(3)
     qp, qn = rp + 0.3 * torch.from_numpy(rng.normal(size=rp.shape)), rn + 0.3 * torch.from_numpy(rng.normal(size=rn.shape))
     a = resample.vector_agreement(rp, rn, qp, qn, methods.mean_diff_resampled, COSINE, seed=5, n_boot=400)
-    R, Q = (rp.numpy(), rn.numpy()), (qp.numpy(), qn.numpy())
+    R, Q = (rp.double().numpy(), rn.double().numpy()), (qp.double().numpy(), qn.double().numpy())
 
     def layer_mean_cos(rows: np.ndarray) -> float:
         return float(np.mean([_cos(R[0][rows, i].mean(0) - R[1][rows, i].mean(0),
@@ -189,7 +199,7 @@ def test_topk_self_overlap_is_one_for_identical_texts_and_drops_when_they_disagr
     same = torch.tensor([[3.0, 2.0, 1.0, 0.0]] * 6)
     assert resample.topk_self_overlap(same, torch.arange(6), 2, seed=0, n_boot=50) == (1.0, 1.0)
     differ = torch.eye(4).repeat(2, 1)                         # each text uses one feature
-    med, low = resample.topk_self_overlap(differ, torch.arange(8), 2, seed=0, n_boot=200)
+    _, low = resample.topk_self_overlap(differ, torch.arange(8), 2, seed=0, n_boot=200)
     assert low < 1.0
 
 
@@ -265,8 +275,8 @@ def _runner(acts: dict[str, tuple[torch.Tensor, torch.Tensor]], *, paired: bool 
 def _acts(seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     rp, rn = _data(seed=seed, n=24, d=16, signal=8.0)
     g = torch.Generator().manual_seed(seed)
-    return {"fp32": (rp, rn), "nf4": (rp + 0.1 * torch.randn(rp.shape, generator=g, dtype=torch.float64),
-                                      rn + 0.1 * torch.randn(rn.shape, generator=g, dtype=torch.float64))}
+    return {"fp32": (rp, rn), "nf4": (rp + 0.1 * torch.randn(rp.shape, generator=g),
+                                      rn + 0.1 * torch.randn(rn.shape, generator=g))}
 
 
 def test_vector_cell_records_its_paired_interval_and_the_reference_floor() -> None:
@@ -302,3 +312,46 @@ def test_rows_line_up_across_precisions_unless_rollouts_kept_other_pairs() -> No
                            entry(3, n_pairs=4, kept_pairs=3, responses_from="fp32"))     # replay: the same pairs
     assert not rows_correspond(entry(3, n_pairs=4, kept_pairs=3, responses_from="fp32"),
                                entry(3, n_pairs=4, kept_pairs=3, responses_from="nf4"))
+
+
+def test_rows_that_are_other_examples_get_independent_resamples() -> None:
+    """PV rollouts that kept other pairs at the quantized precision: no paired draw across precisions."""
+    rp, rn = _data(seed=6, n=20)
+    qp, qn = rp[2:] + 0.01, rn[2:]
+    with pytest.raises(CellError, match="same examples"):
+        resample.vector_agreement(rp, rn, qp, qn, methods.mean_diff_resampled, COSINE, seed=0, n_boot=50)
+    a = resample.vector_agreement(rp, rn, qp, qn, methods.mean_diff_resampled, COSINE, seed=0, n_boot=50,
+                                  paired_precisions=False)
+    assert "independent resamples" in a.resampled() and not a.figures()["paired_across_precisions"]
+    s_r, s_q = split(20, 20, paired=True, val_fraction=0.25, seed=0), split(18, 18, paired=True, val_fraction=0.25,
+                                                                             seed=0)
+    pd = resample.probe_drop(rp, rn, qp, qn, s_r, 0, methods.mean_diff_resampled, DEFAULT_BANDS["auroc_drop"],
+                             seed=0, n_boot=50, paired_precisions=False, quant_split=s_q)
+    assert pd.n_val == (5, 5) and not pd.paired_precisions
+    with pytest.raises(CellError, match="paired_precisions=False"):
+        resample.probe_drop(rp, rn, qp, qn, s_r, 0, methods.mean_diff_resampled, DEFAULT_BANDS["auroc_drop"],
+                            seed=0, n_boot=50, quant_split=s_q)
+
+
+def test_caa_pairs_are_resampled_within_their_answer_letter() -> None:
+    """A CAA set balances its matching letters so the letter token's own direction cancels in the mean difference;
+    resampling pairs within each letter keeps that balance, and the reference's floor then measures the trait's
+    noise, not the letter's."""
+    letters = ["A", "B"] * 12
+    d = resample.draws(24, 24, paired=True, n_boot=200, rng=np.random.default_rng(0), strata=letters)
+    picked = np.asarray(letters)[d.pos.numpy()]
+    assert (picked == "A").sum(1).tolist() == [12] * 200
+    rng = np.random.default_rng(1)
+    n, dim = 24, 16
+    letter = np.zeros(dim)
+    letter[1] = 20.0                                             # a large letter direction, +-
+    sign = np.where(np.asarray(letters) == "A", 1.0, -1.0)[:, None]
+    neg = rng.normal(size=(n, 1, dim))
+    pos = neg + (np.eye(dim)[0] * 4.0 + sign * letter)[:, None, :] + 0.5 * rng.normal(size=(n, 1, dim))
+    rp, rn = torch.from_numpy(pos), torch.from_numpy(neg)
+    qp = rp + 0.01 * torch.from_numpy(rng.normal(size=rp.shape))
+    plain = resample.vector_agreement(rp, rn, qp, rn, methods.mean_diff_resampled, COSINE, seed=0, n_boot=300)
+    within = resample.vector_agreement(rp, rn, qp, rn, methods.mean_diff_resampled, COSINE, seed=0, n_boot=300,
+                                       strata=letters)
+    assert plain.self_low < 0.8 < 0.95 < within.self_low
+    assert within.judgement.verdict is Verdict.ROBUST and "within each answer letter" in within.resampled()

