@@ -124,17 +124,23 @@ _PROBES = {"auroc": 1, "auroc_reference": 1, "auroc_drop": -1, "auroc_best": 1, 
            "reference_flagged": 0, "auroc_layer": 0, "auroc_cv_reference_at_layer": 1, "reference_gate": 0}
 _STEERING_FIGURES = {"degradation": -1, "delta": 1, "delta_reference": 1, "coherence": 1, "coherence_reference": 1,
                      "baseline_trait": 0, "baseline_trait_reference": 0, "baseline_coherence": 0,
-                     "baseline_coherence_reference": 0}
+                     "baseline_coherence_reference": 0, "n_questions_total": 0, "n_questions_unscored": 0}
 _LOGIT_DIFF = {"logit_corr": 1, "logit_corr_pooled": 1, "logit_corr_unsteered": 1, "steerability": 1,
                "steerability_reference": 1, "steerability_ratio": 1, "p_match_slope": 1, "reference_p_match_shift": 1}
 _TRANSFER = {"transfer_ratio": 1, "transfer_degradation": -1, "steerability_own": 1, "steerability_own_se": 0,
              "steerability_reference_vectors": 1, "steerability_reference_vectors_se": 0,
              "logit_corr_own_vs_reference_vectors": 1}
-_REFUSAL = {"degradation": -1, "effect": 1, "effect_reference": 1}
-_BENCHMARKS = {"accuracy_drop": -1, "accuracy": 1, "accuracy_reference": 1, "drop_stderr": 0,
-               "drop_stderr_unpaired": 0, "significant": 0}
+_REFUSAL = {"degradation": -1, "effect": 1, "effect_reference": 1, "n_harmful": 0, "n_harmless": 0,
+            **{f"refusal_{c}{r}": 0 for c in ("harmful", "harmful_ablated", "harmless", "harmless_actadd")
+               for r in ("", "_reference")}}
+"""The four refusal rates make up the effect, which is gated; alone each can move either way without harm."""
+_BENCHMARKS = {"accuracy_drop": -1, "accuracy": 1, "accuracy_reference": 1, "reference_accuracy": 1,
+               "acc,none": 1, "acc_norm,none": 1, "acc_stderr,none": 0, "acc_norm_stderr,none": 0,
+               "accuracy_stderr": 0, "reference_stderr": 0, "drop_stderr": 0, "drop_stderr_unpaired": 0,
+               "significant": 0, "n": 0, "n_reference": 0}
 _SAE = {"topk_jaccard": 1, "active_kept": 1, "shared_corr": 1, "fvu_reference": 0, "fvu_quantized": -1,
-        "sae_eval_fvu": 0, "sae_dead_share": 0, "self_overlap_reference": 1, "self_overlap_reference_low": 1}
+        "sae_eval_fvu": 0, "sae_dead_share": 0, "self_overlap_reference": 1, "self_overlap_reference_low": 1,
+        "l0": 0, "l0_reference": 0, "n_features": 0, "n_tokens": 0, "top_k": 0}
 
 KINDS: dict[str, KindSpec] = {k.name: k for k in (
     KindSpec("vectors", "quant_harness.extract.vectors:vector_comparison", "vector_comparison.json", "cosine",

@@ -25,6 +25,8 @@ from quant_harness.report import plots  # noqa: F401  keeps matplotlib in sys.mo
 from quant_harness.models.cards import load_card
 from quant_harness.models.precision import LoadedModel, load
 
+from registry_check import unregistered_figures
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("QUANT_HARNESS_DATA") or REPO.parent / "shared" / "data" / "benchmarks")
 TRUTHFULQA_PREAMBLE = (
@@ -147,6 +149,7 @@ def test_sanity_cells_run_through_pytest_cases_load_once_and_cache(
     records = json.loads((pytester.path / "reports/results/benchmark_comparison.json").read_text())["records"]
     assert set(records) == {f"smollm2-135m-{p}-sanity{s}" for p in ("fp32", "nf4") for s in ("", "_steered")}
     rec = records["smollm2-135m-nf4-sanity"]
+    assert unregistered_figures(pytester.path / "reports/results") == []
     assert rec["kind"] == "benchmarks" and rec["metric"] == "accuracy_drop"
     assert rec["figures"]["accuracy_drop"] == pytest.approx(rec["figures"]["reference_accuracy"]
                                                             - rec["figures"]["acc_norm,none"])

@@ -9,6 +9,8 @@ from typing import Callable
 
 import pytest
 
+from registry_check import unregistered_figures
+
 pytest.importorskip("bitsandbytes", reason="nf4 needs bitsandbytes")
 
 STEERING = """
@@ -29,6 +31,7 @@ def test_caa_logit_diff_cell_on_nf4(pytester: pytest.Pytester, make_study: Calla
     result.assert_outcomes(passed=1)
     matrix = json.loads((pytester.path / "reports" / "results" / "steering_comparison.json").read_text())
     rec = matrix["records"][f"logit_diff:{CELL}"]
+    assert unregistered_figures(pytester.path / "reports" / "results") == []
     assert rec["kind"] == "logit_diff" and rec["metric"] == "logit_corr"
     assert -1.0 <= rec["value"] <= 1.0 and "A/B questions" in rec["figures"]["resampled"]
     if rec["verdict"] != "inconclusive":   # a band comes from the interval over questions, which holds the point

@@ -8,6 +8,8 @@ from typing import Callable
 
 import pytest
 
+from registry_check import unregistered_figures
+
 
 @pytest.mark.slow
 def test_nf4_sae_cell_trains_dictionary_and_records(pytester: pytest.Pytester, tmp_path: Path,
@@ -36,6 +38,7 @@ def test_nf4_sae_cell_trains_dictionary_and_records(pytester: pytest.Pytester, t
     result.assert_outcomes(passed=1)
     records = json.loads((pytester.path / "reports/results/sae_comparison.json").read_text())["records"]
     record = records["smollm2-135m-nf4-sae_6-mini"]
+    assert unregistered_figures(pytester.path / "reports/results") == []
     assert record["kind"] == "sae" and record["layers"] == [6]
     f = record["figures"]
     assert 0.0 <= f["topk_jaccard"] <= 1.0 and 0.0 <= f["active_kept"] <= 1.0

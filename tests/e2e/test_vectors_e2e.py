@@ -9,6 +9,8 @@ from typing import Callable
 
 import pytest
 
+from registry_check import unregistered_figures
+
 
 @pytest.mark.slow
 def test_nf4_vector_cell_writes_record_and_junit(pytester: pytest.Pytester, make_study: Callable[..., Path],
@@ -20,6 +22,7 @@ def test_nf4_vector_cell_writes_record_and_junit(pytester: pytest.Pytester, make
     record = json.loads((pytester.path / "reports/results/vector_comparison.json").read_text())["records"][
         "smollm2-135m-nf4-caa_sycophancy-mean_diff"]
     assert record["layers"] == [2, 12, 28]
+    assert unregistered_figures(pytester.path / "reports/results") == []
     cos = record["per_layer"]["cosine"]
     assert len(cos) == 3 and all(-1.0 <= c <= 1.0 for c in cos)
     assert record["value"] == pytest.approx(sum(cos) / 3)

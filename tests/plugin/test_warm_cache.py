@@ -12,6 +12,8 @@ from typing import Callable
 
 import pytest
 
+from registry_check import unregistered_figures
+
 REPO = Path(__file__).resolve().parents[2]
 
 TRAITS = f"""
@@ -58,6 +60,7 @@ def test_warm_rerun_loads_nothing_and_matches_the_cold_run(
     misses = {k: v["misses"] for k, v in cold["cache_by_kind"].items()}  # type: ignore[attr-defined]
     assert misses == {"activations": 6, "plots": 18, "responses": 1}
     probes = json.loads((pytester.path / "reports/results/probe_comparison.json").read_text())["records"]
+    assert unregistered_figures(pytester.path / "reports/results") == []
     # replay: int8 activations read the fp32 responses, so only fp32 generated any
     assert [p.name for p in (cache / "responses" / "smollm2-135m").iterdir()] == ["fp32"]
     pv = probes["smollm2-135m-int8-pv_sycophantic-mean_diff"]["provenance"]
