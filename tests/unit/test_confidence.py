@@ -70,9 +70,16 @@ def test_inconclusive_keeps_band_order_and_is_gated_by_the_study_key() -> None:
 
 
 def test_study_keys_for_intervals(tmp_path: Path) -> None:
-    from conftest import study_toml
+    import importlib.util
 
     from quant_harness import study
+
+    # tests/conftest.py by path: the name "conftest" may already be tests/conformance/conftest.py in a full run
+    spec = importlib.util.spec_from_file_location("tests_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    study_toml = helpers.study_toml
     from quant_harness.errors import StudyError
 
     head = 'fail_on = "never"'
