@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import bitsandbytes  # noqa: F401
@@ -109,3 +109,12 @@ def run_args(model_dir: Path, shared_cache: Path) -> Callable[..., list[str]]:
                 *more]
 
     return args
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Thousands of tiny matrix products (resampling tests): one thread each is faster than a contended pool."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

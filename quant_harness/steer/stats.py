@@ -176,14 +176,22 @@ def steering_degradation(ref_base: Sequence[float | None], ref_steered: Sequence
     ref_i = _interval(delta_ref, R, level, seed, "reference steering delta")
     q_i = _interval(delta_q, Q, level, seed, "steering delta")
     figures.update(ref_i.figures("delta_reference"), **q_i.figures("delta"))
+    reason = (f"the reference is not shown to be steered by its own vector: its judged delta over the unsteered "
+              f"baseline on the {n} scored questions is {delta_ref:.2f} with {level:.0%} interval "
+              f"{ref_i.low:.2f}..{ref_i.high:.2f}, which does not clear 0, so there is no effect to degrade")
+    return _degradation_outcome("delta", delta_ref, delta_q, R, Q, ref_i, reason, "steering degradation", band,
+                                level, seed, fail_on, fail_on_inconclusive, figures)
+
+
+def _degradation_outcome(effect: str, ref_point: float, q_point: float, R: Any, Q: Any, ref_i: Interval,
+                         reason: str, what: str, band: Band, level: float, seed: int, fail_on: Verdict | None,
+                         fail_on_inconclusive: bool, figures: dict[str, Any]) -> Outcome:
+    """Inconclusive with ``reason`` unless the reference's effect interval clears 0; else the paired degradation
+    ``1 - effect_q / effect_ref`` over the same resamples, banded as steering degradation."""
     if not ref_i.low > 0:
-        reason = (f"the reference is not shown to be steered by its own vector: its judged delta over the unsteered "
-                  f"baseline on the {n} scored questions is {delta_ref:.2f} with {level:.0%} interval "
-                  f"{ref_i.low:.2f}..{ref_i.high:.2f}, which does not clear 0, so there is no effect to degrade")
-        return Outcome(_inconclusive("delta", delta_q, band, reason, fail_on, fail_on_inconclusive), None,
-                       figures)
-    point, reps = _degradation(delta_ref, delta_q, R, Q)
-    deg = _interval(point, reps, level, seed, "steering degradation")
+        return Outcome(_inconclusive(effect, q_point, band, reason, fail_on, fail_on_inconclusive), None, figures)
+    point, reps = _degradation(ref_point, q_point, R, Q)
+    deg = _interval(point, reps, level, seed, what)
     figures.update({"degradation": point, **deg.figures("degradation")})
     return Outcome(_banded("steering_degradation", deg, band, fail_on, fail_on_inconclusive), deg, figures)
 
@@ -388,13 +396,8 @@ def refusal_degradation(reference: Mapping[str, Sequence[float]], quantized: Map
     ref_i, q_i = _interval(e_ref, R, level, seed, "reference refusal effect"), _interval(e_q, Q, level, seed,
                                                                                          "refusal effect")
     figures.update(ref_i.figures("effect_reference"), **q_i.figures("effect"))
-    if not ref_i.low > 0:
-        reason = (f"the reference shows no refusal effect to degrade: ablating the direction and adding it change its "
-                  f"refusal rates by {e_ref:+.2f} in all ({level:.0%} interval {ref_i.low:+.2f}..{ref_i.high:+.2f} "
-                  f"over resamples of its {n_h}+{n_l} prompts, not above 0)")
-        return Outcome(_inconclusive("effect", e_q, band, reason, fail_on, fail_on_inconclusive), None,
-                       figures)
-    point, reps = _degradation(e_ref, e_q, R, Q)
-    deg = _interval(point, reps, level, seed, "refusal degradation")
-    figures.update({"degradation": point, **deg.figures("degradation")})
-    return Outcome(_banded("steering_degradation", deg, band, fail_on, fail_on_inconclusive), deg, figures)
+    reason = (f"the reference shows no refusal effect to degrade: ablating the direction and adding it change its "
+              f"refusal rates by {e_ref:+.2f} in all ({level:.0%} interval {ref_i.low:+.2f}..{ref_i.high:+.2f} "
+              f"over resamples of its {n_h}+{n_l} prompts, not above 0)")
+    return _degradation_outcome("effect", e_ref, e_q, R, Q, ref_i, reason, "refusal degradation", band, level, seed,
+                                fail_on, fail_on_inconclusive, figures)

@@ -16,7 +16,7 @@ The rates measured are printed (``pytest -s``) and asserted.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -36,13 +36,7 @@ REPLICATES, N_BOOT = 200, 300
 COSINE, DROP, AUROC = DEFAULT_BANDS["cosine"], DEFAULT_BANDS["auroc_drop"], DEFAULT_BANDS["auroc"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Thousands of tiny matrix products: one thread each is faster than a contended pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _t(x: np.ndarray) -> Tensor:

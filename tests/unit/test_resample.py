@@ -4,7 +4,6 @@ runner (record keys the reports read)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace as NS
 from typing import Any
 
@@ -27,13 +26,7 @@ from quant_harness.study.spec import Cell
 COSINE = DEFAULT_BANDS["cosine"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Many tiny matrix products: one thread each is faster than a contended pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(seed: int = 0, n: int = 20, m: int | None = None, d: int = 12, layers: int = 2,
