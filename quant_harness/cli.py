@@ -21,7 +21,7 @@ def _prepare_embedded(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from quant_harness.store import ArtefactStore
+    from quant_harness.store import ActivationCache, ArtefactStore
 
     store = ArtefactStore(Path(args.cache_dir))
 
@@ -29,15 +29,19 @@ def _cache(args: argparse.Namespace) -> int:
         return not args.kind or e["kind"] == args.kind or e["kind"].startswith(args.kind + "/")
 
     if args.action == "list":
-        entries = [e for e in store.entries() if wanted(e)]
+        held = {e["path"]: e for e in ActivationCache(store.root).entries()}
+        entries = [held.get(e["path"], e) for e in store.entries() if wanted(e)]
         total = sum(e["bytes"] for e in entries)
         for e in entries:
             c = e["components"]
             print(f"{e['bytes'] / 1e6:9.2f} MB  {e['created']}  {e['kind']:<16}  {e['path']}  "
-                  f"{c.get('model', '?')}/{c.get('precision', '?')} {c.get('format', '')} {c.get('position', '')}")
+                  f"{c.get('model', '?')}/{c.get('precision', '?')} {c.get('format', '')} {c.get('position', '')}"
+                  + (f"  {_held(e)}" if e["path"] in held else ""))
         kinds = Counter(e["kind"] for e in entries)
         print(f"{len(entries)} entries, {total / 1e6:.2f} MB in {store.root}"
               + (f" ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})" if kinds else ""))
+        if args.study:
+            return _reuse(Path(args.study), store.root)
         return 0
     cutoff: float = time.time() - args.older_than_days * 86400
 
@@ -52,6 +56,58 @@ def _cache(args: argparse.Namespace) -> int:
 
     gone = store.prune(keep)
     print(json.dumps({"deleted": len(gone), "bytes": sum(int(e["bytes"]) for e in gone)}))
+    return 0
+
+
+def _layer_text(layers: list[int]) -> str:
+    """Layers as ranges: ``0-29``, ``5,10,15``."""
+    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers)) or "?"
+
+
+def _held(e: dict[str, Any]) -> str:
+    """What an activation entry holds: its layers and examples per side."""
+    ex = " ".join(f"{side} {n}" for side, n in sorted(e.get("examples", {}).items()))
+    hashed = " (example hashes: prefix reuse)" if e.get("example_hashes") else ""
+    return f"layers {_layer_text(e.get('layers', []))}; examples {ex or '?'}{hashed}"
+
+
+def _reuse(study_path: Path, cache_root: Path) -> int:
+    """For every activation request of a study, the entry that will serve it or that it will be extracted."""
+    from quant_harness.errors import QuantHarnessError
+    from quant_harness.runner import StudyRunner
+    from quant_harness.store import ActivationCache
+    from quant_harness.study.kinds import all_cells
+    from quant_harness.study.load import load
+
+    try:
+        study = load(study_path)
+    except QuantHarnessError as e:
+        print(f"quant-harness cache list: {e}", file=sys.stderr)
+        return 2
+    runner, cache = StudyRunner(study, cache_root, cache_root / "models"), ActivationCache(cache_root)
+    traits = {t.key: t for t in study.traits}
+    wanted = dict.fromkeys((c.model, p, c.trait) for c in all_cells(study) if c.trait in traits and c.method != "file"
+                           for p in dict.fromkeys((study.reference, c.precision)))
+    reused = 0
+    print(f"study {study.name}: {len(wanted)} activation requests")
+    for model, precision, key in wanted:
+        try:
+            namespace, components, layers, examples = runner.activation_request(model, precision, traits[key])
+        except QuantHarnessError as e:
+            print(f"  ?       {model}/{precision} {key}: {e}")
+            continue
+        hit = cache.find(namespace, components, layers, examples)
+        want = f"{model}/{precision} {key} layers {_layer_text(layers)}"
+        if hit is None:
+            print(f"  extract {want}")
+            continue
+        reused += 1
+        rows = "; ".join(f"first {n} {side}" for side, n in sorted(hit["rows"].items()))
+        print(f"  reuse   {want} <- {hit['path']} ({hit['reuse']}: layers {_layer_text(hit['layers'])}"
+              + (f"; {rows}" if rows else "") + ")")
+    print(f"{reused}/{len(wanted)} activation requests served from the cache, {len(wanted) - reused} to extract")
     return 0
 
 
@@ -116,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--older-than-days", type=float, default=0.0, help="Prune entries older than this. Default: 0")
     c.add_argument("--kind", default="", help="Only this kind of entry (activations, judge, steering/search, "
                                               "steering, ...). Default: every kind")
+    c.add_argument("--study", default="", help="list: also say, per activation request of this study file, which "
+                                               "entry serves it (a superset of its layers or examples) or that it "
+                                               "will be extracted")
     c.set_defaults(fn=_cache)
     r = sub.add_parser("report", help="Rebuild ranking, findings.md and summary.html from stored results; "
                                       "with --merge, first merge other report folders (shards) into this one")

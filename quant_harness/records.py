@@ -37,6 +37,9 @@ class CellResult:
     explanation: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    """The plan's checks this cell tripped (quant_harness.report.gates): ``rule`` (checkpoint, investigate,
+    discard), ``check``, ``figure``, ``value``, ``threshold`` and the sentence ``text``."""
 
     def to_dict(self) -> Record:
         """The record as matrices store it (``json.dumps`` of this is what reports/results/*.json hold)."""
@@ -46,6 +49,7 @@ class CellResult:
         """JUnit properties: verdict first, then the headline figures (rounded for readability)."""
         props: list[tuple[str, object]] = [("verdict", self.verdict), (self.metric, _round(self.value))]
         props += [(k, _round(v)) for k, v in self.figures.items() if k != self.metric and _scalar(v)]
+        props += [(f"flag_{f['rule']}", f["text"]) for f in self.flags]
         return props
 
 
@@ -71,6 +75,7 @@ class Record(_RecordKeys, total=False):
     explanation: str
     provenance: dict[str, Any]
     schema_version: int
+    flags: list[dict[str, Any]]
 
 
 def as_record(raw: dict[str, Any]) -> Record:

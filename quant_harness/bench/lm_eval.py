@@ -291,8 +291,10 @@ _SCORES: JsonCodec[TaskScore] = JsonCodec(asdict, lambda d: TaskScore(**d))
 
 
 def _keyed_options(options: TaskOptions) -> dict[str, Any]:
-    """The options in a cache key; ``shared_prefix`` only when on, so results cached before it existed still hit."""
+    """The options in a cache key; ``shared_prefix`` only when on, so results cached before it existed still hit;
+    never ``models`` (which models run a task does not change a score)."""
     out = asdict(options)
+    del out["models"]
     if not out["shared_prefix"]:
         del out["shared_prefix"]
     return out
@@ -341,6 +343,11 @@ def judge_drop(ref_acc: float, ref_se: float | None, acc: float, se: float | Non
     interval = Interval(drop, drop - z * combined, drop + z * combined, level, 0, 0)
     j = judge_interval("accuracy_drop", interval, band, fail_on, fail_on_inconclusive)
     return DropJudgement(drop, combined, not interval.low <= 0.0 <= interval.high, j, paired_se is not None)
+
+
+def reference_side(runner: CellRunner, cell: Cell) -> None:
+    """What a quantized benchmark cell reads of the reference: the same task's score there (KindSpec)."""
+    evaluate(runner, cell.model, runner.study.reference, cell.trait)
 
 
 def benchmark_comparison(runner: CellRunner, cell: Cell) -> CellResult:

@@ -26,7 +26,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "samples": int, "seed": int, "batch_size": int, "num_fewshot": int, "bootstrap_iters": int,
     "metric": str, "shared_prefix": bool, "per_task": dict, "steered": dict,
 }
-_PER_TASK_KEYS = {"limit": int, "samples": int, "metric": str, "num_fewshot": int, "shared_prefix": bool}
+_PER_TASK_KEYS = {"limit": int, "samples": int, "metric": str, "num_fewshot": int, "shared_prefix": bool,
+                  "models": list}
 _STEERED_KEYS = {"trait": str, "method": str, "layer": int, "coefficient": (int, float), "tasks": list}
 
 
@@ -52,6 +53,9 @@ class TaskOptions:
     """lm-eval key of the headline accuracy, or "" for ``acc_norm,none`` when present else ``acc,none``."""
     shared_prefix: bool = False
     """Score through quant_harness.shared_prefix_lm (each context run once for all its choices), not HFLM."""
+    models: tuple[str, ...] = ()
+    """The study's models that get this task's cells (empty: every model). The plan runs MMLU and TruthfulQA on
+    three of its seven models and HellaSwag on all of them."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,16 @@ class BenchmarkSettings:
         """No ``[benchmarks]`` table: no benchmark cells."""
         return cls((), None, (TASKS_DIR,), False, 0, 8, 1000, {}, None)
 
-    def names(self) -> list[str]:
-        """Benchmark parts of the cell ids: the task name without our ``qh_`` prefix, then the steered ones."""
-        out = [benchmark_name(t) for t in self.tasks]
+    def names(self, model: str | None = None) -> list[str]:
+        """Benchmark parts of the cell ids: the task name without our ``qh_`` prefix, then the steered ones; with
+        ``model``, only the tasks whose ``models`` include it."""
+        def runs(task: str) -> bool:
+            only = self.options[task].models if task in self.options else ()
+            return model is None or not only or model in only
+
+        out = [benchmark_name(t) for t in self.tasks if runs(t)]
         if self.steered:
-            out += [benchmark_name(t) + STEERED_SUFFIX for t in self.steered.tasks]
+            out += [benchmark_name(t) + STEERED_SUFFIX for t in self.steered.tasks if runs(t)]
         return out
 
     def task_of(self, name: str) -> tuple[str, bool]:
@@ -186,6 +195,10 @@ def parse(ctx: SectionContext, table: object) -> BenchmarkSettings:
             raise StudyError(path, f"benchmarks.per_task.{task}", over, f"a task of benchmarks.tasks ({tasks})")
         expect(path, f"benchmarks.per_task.{task}", over, dict)
         _check_table(path, f"benchmarks.per_task.{task}", over, _PER_TASK_KEYS)
+        only = over.get("models")
+        if only is not None and (not only or not all(m in ctx.models for m in only)):
+            raise StudyError(path, f"benchmarks.per_task.{task}.models", only,
+                             f"a non-empty list of the study's models ({', '.join(ctx.models)})")
     for task in tasks:
         o = {**{k: raw[k] for k in ("limit", "samples", "num_fewshot", "metric", "shared_prefix") if k in raw},
              **per_task.get(task, {})}
@@ -199,7 +212,7 @@ def parse(ctx: SectionContext, table: object) -> BenchmarkSettings:
         if metric and "," not in metric:
             raise StudyError(path, f"benchmarks.per_task.{task}.metric", metric, 'an lm-eval key such as "acc,none"')
         options[task] = TaskOptions(o.get("limit", 0), o.get("samples", 0), o.get("num_fewshot"), metric,
-                                    o.get("shared_prefix", False))
+                                    o.get("shared_prefix", False), tuple(per_task.get(task, {}).get("models", ())))
     steered = None
     if "steered" in raw:
         s = raw["steered"]

@@ -8,7 +8,9 @@ CAA reads this point; PV's ``hidden_states[L]`` is our layer L-1; Arditi's block
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 from typing import Any, Sequence
 
 import torch
@@ -25,6 +27,12 @@ LAYER_CONVENTION_TEXT = "layer L = output of decoder block L (resid_post) = hidd
 EXTRACTION_VERSION = 1
 """Version of the numbers this module writes; every activation and SAE-residual cache key holds it. Bump it with any
 change that moves them (a tokenization, template or hook fix), so caches built by the old code are rebuilt."""
+
+
+def example_hashes(prompts: Sequence[Prompt]) -> list[str]:
+    """One hash per prompt of what the model sees (as ``ContrastSet.content_hash`` hashes it): the activation cache
+    records them so a dataset that grew by appending is served from the entry of its larger version."""
+    return [hashlib.sha256(json.dumps([p.messages, p.prefill]).encode()).hexdigest()[:16] for p in prompts]
 
 
 def decoder_layers(model: Any) -> list[torch.nn.Module]:

@@ -64,6 +64,30 @@ def pca(pos: Tensor, neg: Tensor) -> Tensor:
     return v if torch.dot(v, deltas.mean(0).float()) >= 0 else -v
 
 
+def pca_sign_check(v_ref: Tensor, v_quant: Tensor, mean_diff_ref: Tensor) -> tuple[float, float]:
+    """``(cos(v_ref, mean_diff_ref), cos(v_ref, v_quant signed to mean_diff_ref))`` at one layer: how much of the
+    reference's PCA axis is its mean difference, and the cosine the two precisions' PCA vectors would have if each
+    were signed to the reference's mean difference on its own.
+
+    Why the second figure can be negative without the axes disagreeing: for unit vectors signed so that
+    ``v_ref . m >= 0`` and ``v_quant . m >= 0`` (m the unit mean difference), write ``v_quant = cos t (+-v_ref) +
+    sin t w`` with t the angle between the axes. The two signs can differ only if ``tan t >= |v_ref . m|``: the
+    quantized axis turned further than the mean difference's share of the reference axis. So a negative cosine of
+    mean-difference-signed PCA vectors is always the same axis (|cos| apart) whose sign the mean difference does not
+    pin (PC1 nearly orthogonal to it, e.g. CAA's answer-letter axis, which the balanced letters leave without a mean),
+    never a quantized vector pointing against the trait. Vector cells therefore compare a quantized PCA vector signed
+    to the reference's PCA vector (quant_harness.metrics.resample.vector_agreement) and record, per layer, these two
+    figures, so the layers where the mean difference alone would have flipped the sign stay visible.
+    """
+    v_ref, v_quant, m = v_ref.double(), v_quant.double(), mean_diff_ref.double()
+    for name, v in (("reference PCA vector", v_ref), ("quantized PCA vector", v_quant), ("mean difference", m)):
+        if float(v.norm()) == 0.0 or not bool(torch.isfinite(v).all()):
+            raise CellError(f"pca sign check: the {name} is zero or not finite")
+    signed = v_quant if float(v_quant @ m) >= 0 else -v_quant
+    return (float(v_ref @ m / (v_ref.norm() * m.norm())),
+            float(v_ref @ signed / (v_ref.norm() * signed.norm())))
+
+
 METHODS: dict[str, Method] = {"mean_diff": mean_diff, "probe": probe, "pca": pca}
 """Methods computed from contrast activations; ``file`` is the fourth method and goes through ``load_vectors``."""
 

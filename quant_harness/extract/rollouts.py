@@ -197,12 +197,10 @@ def pair_scores(judge: judges.Judge, template: str, questions: Sequence[str], po
                 neg: Sequence[str]) -> list[PairScores]:
     """PV's filter scores: the trait's eval prompt and the coherence prompt on both responses of each pair."""
     coherence = judges.load_prompt("coherence")
-
-    def score(t: str, q: str, a: str) -> float | None:
-        return judge.score(t.format(question=q, answer=a)).value
-
-    return [PairScores(score(template, q, p), score(template, q, n), score(coherence, q, p), score(coherence, q, n))
-            for q, p, n in zip(progress.bar(questions, desc="judging rollouts", unit="pair"), pos, neg)]
+    prompts = [t.format(question=q, answer=a) for q, p, n in zip(questions, pos, neg) for t, a in
+               ((template, p), (template, n), (coherence, p), (coherence, n))]
+    values = [x.value for x in judge.score_many(prompts, desc="judging rollouts")]
+    return [PairScores(*values[i:i + 4]) for i in range(0, len(values), 4)]
 
 
 def judge_filter_key(runner: CellRunner, trait: TraitSpec) -> dict[str, Any] | None:

@@ -48,6 +48,11 @@ def rows_correspond(ref: Any, quant: Any) -> bool:
     return bool(ri.get("kept_pairs") == ri.get("n_pairs") and qi.get("kept_pairs") == qi.get("n_pairs"))
 
 
+def reference_side(runner: CellRunner, cell: Cell) -> None:
+    """What a quantized vector, probe or transfer-vector cell reads of the reference: its activations (KindSpec)."""
+    runner.activations(cell.model, runner.study.reference, runner.study.trait(cell.trait))
+
+
 def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     """Per-layer cosine of the cell's vectors against the reference precision's, its paired bootstrap interval and
     the reference's self-agreement floor, norms, massive-dim energy."""
@@ -87,7 +92,16 @@ def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
               f"{a.self_low:.4f}; quantization shift 1-cos {1 - mean_cos:.4f} against the reference's own "
               f"1-self {1 - a.self_mean:.4f}")]
     if cell.method == "pca":
-        notes.append("PCA vectors at both precisions signed to agree with the reference's mean difference")
+        checks = [methods.pca_sign_check(v_r, v_q, rp[:, i].double().mean(0) - rn[:, i].double().mean(0))
+                  for i, (v_r, v_q) in enumerate(zip(a.reference, a.quantized))]
+        per_layer["pca_mean_diff_cosine_reference"] = [c[0] for c in checks]
+        per_layer["cosine_signed_to_mean_diff"] = [c[1] for c in checks]
+        flips = [L for L, c in zip(layers, checks) if c[1] < 0]
+        figures["pca_sign_unpinned_layers"] = flips
+        notes.append("PCA: the reference's vector signed to agree with its mean difference, the quantized vector "
+                     "with the reference's" + (f"; at layers {flips} PC1 is nearly orthogonal to the mean difference "
+                                               "and signing each precision to it would flip the same axis"
+                                               if flips else ""))
         if not paired:
             notes.append("unpaired data: PCA of every positive-negative difference (no file-order pairing)")
     return CellResult(

@@ -3,8 +3,9 @@
 A judge answer becomes a 0-100 score: where the endpoint returns logprobs and numbers are single tokens (OpenAI), the
 probability-weighted mean over the top tokens that parse as integers 0-100 (None below 0.25 numeric mass, as PV
 does); otherwise the number parsed from the text. An answer with neither is ``unscored``: counted, never 0.
-Answers are cached on disk by (judge model, prompt, request settings), so a re-run asks nothing. The API key is read
-from an environment variable at call time and never written anywhere.
+Answers are cached on disk by (judge model, prompt, request settings), so a re-run asks nothing; a judged run's
+prompts not in the cache are asked ``[judge] concurrency`` at a time. The API key is read from an environment
+variable at call time and never written anywhere.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from quant_harness import data
 from quant_harness._util import counters, files, progress
 from quant_harness.errors import JudgeError, PrecisionUnavailable
-from quant_harness.judge.settings import LOCAL, JudgeSettings
+from quant_harness.judge.settings import LOCAL, JudgeSettings, missing_key
 from quant_harness.store import ArtefactStore, JsonCodec, key_of, legacy_json
 
 if TYPE_CHECKING:
@@ -136,6 +139,9 @@ class Unanswered(JudgeError):
     not a chat completion): the answer is unscored and counted, and not cached, so a re-run asks again."""
 
 
+_Outcome = dict[str, Any] | Unanswered
+"""A prompt's answer (``{"model", "content", "logprobs"}``), or why none came."""
+
 RETRY_AFTER_CAP = 60.0
 """Longest wait (seconds) a 429's Retry-After header is honoured for."""
 
@@ -153,14 +159,16 @@ class Judge:
         self._store = ArtefactStore(Path(cache_dir))
         key = api_key if api_key is not None else os.environ.get(settings.api_key_env)
         if not key:
-            raise JudgeUnavailable(f"judge {self.model} at {self.base_url}: environment variable "
-                                   f"{settings.api_key_env} is not set; set it or use [judge] base_url = \"local\"")
+            raise JudgeUnavailable(missing_key(replace(settings, base_url=self.base_url, model=self.model))
+                                   or f"judge {self.model} at {self.base_url}: no API key")
         from openai import OpenAI
 
         self._client = OpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=settings.timeout)
         self.calls = 0
         self.unanswered = 0
         """Prompts that got no answer after the retries (each an unscored Score)."""
+        self._lock = threading.Lock()
+        """Guards the call counters and retry notes, written by the threads that ask concurrently."""
 
     def _request(self, prompt: str) -> dict[str, Any]:
         s = self.settings
@@ -177,28 +185,97 @@ class Judge:
         return {"endpoint": self.endpoint, "request": self._request(prompt)}
 
     def score(self, prompt: str) -> Score:
-        """Judge one filled prompt (from the artefact store when it was asked before, by any process). No answer
-        after the retries is an unscored Score (counted in ``judge_unscored``, not cached: a re-run asks again)."""
+        """Judge one filled prompt (see ``score_many``)."""
+        return self.score_many([prompt])[0]
+
+    def score_many(self, prompts: Sequence[str], desc: str = "judging") -> list[Score]:
+        """Judge filled prompts, scores in the order given. Each distinct prompt is looked up in the artefact store
+        first (answered before, by any process: not asked again); the rest are asked ``concurrency`` at a time, since
+        a remote endpoint or the batching loopback server answers several together faster than one after another.
+        No answer after the retries is an unscored Score (counted in ``judge_unscored``, not cached: a re-run asks
+        again); an HTTP 4xx is a JudgeError and asks nothing more."""
+        answers: dict[str, _Outcome] = {}
+        missing: list[str] = []
+        for prompt in dict.fromkeys(prompts):
+            found = self._cached(prompt)
+            if found is None:
+                missing.append(prompt)
+            else:
+                answers[prompt] = found
+        if missing:
+            self._ask(missing, answers, desc)
+        return [self._scored(answers[p]) for p in prompts]
+
+    def _cached(self, prompt: str) -> dict[str, Any] | None:
+        """The stored answer to ``prompt`` (from the store, or adopted from the layout before it), or None."""
         components = self.components(prompt)
-        req = components["request"]
         key = key_of(components)
+        found = self._store.get("judge", components, _ANSWERS, under=key[:2])
+        if found is not None:
+            counters.add_cache("judge", hit=True)
+            return found.value
+        old = self._legacy(components["request"])
+        if old is None:
+            return None
 
-        def ask() -> dict[str, Any]:
-            content, logprobs = self._call(req)
-            return {"model": self.model, "content": content, "logprobs": logprobs}
+        def unreachable() -> dict[str, Any]:
+            raise AssertionError("a legacy answer is adopted, never built")
 
-        def before() -> tuple[dict[str, Any], Path] | None:
-            """An answer cached before the artefact store (``judge/<h[:2]>/<h>.json``, h the request's sha256)."""
-            h = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
-            return legacy_json(self._store.root / "judge" / h[:2] / f"{h}.json", None, None)
+        return self._store.get_or_build("judge", components, unreachable, _ANSWERS, under=key[:2],
+                                        legacy=lambda: old).value
 
+    def _legacy(self, req: dict[str, Any]) -> tuple[dict[str, Any], Path] | None:
+        """An answer cached before the artefact store (``judge/<h[:2]>/<h>.json``, h the request's sha256)."""
+        h = hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()
+        return legacy_json(self._store.root / "judge" / h[:2] / f"{h}.json", None, None)
+
+    def _ask(self, missing: Sequence[str], answers: dict[str, _Outcome], desc: str) -> None:
+        """Ask the endpoint for ``missing`` (at most ``concurrency`` in flight) and store each answer as it comes;
+        one at a time in this thread when only one is in flight."""
+        def keep(prompt: str, content: str, logprobs: list[dict[str, Any]] | None) -> None:
+            components = self.components(prompt)
+            answer = {"model": self.model, "content": content, "logprobs": logprobs}
+            answers[prompt] = self._store.get_or_build("judge", components, lambda: answer, _ANSWERS,
+                                                       under=key_of(components)[:2]).value
+
+        width = min(self.settings.concurrency, len(missing))
+        bar = progress.bar(total=len(missing), desc=desc, unit="answer") if len(missing) > 1 else None
+        pool = ThreadPoolExecutor(width, thread_name_prefix="judge") if width > 1 else None
         try:
-            answer = self._store.get_or_build("judge", components, ask, _ANSWERS, under=key[:2], legacy=before).value
-        except Unanswered as e:
+            if pool is None:
+                for prompt in missing:
+                    try:
+                        keep(prompt, *self._call(self._request(prompt)))
+                    except Unanswered as e:
+                        answers[prompt] = e
+                    if bar is not None:
+                        bar.update(1)
+                return
+            pending: dict[Future[tuple[str, list[dict[str, Any]] | None]], str] = {
+                pool.submit(self._call, self._request(p)): p for p in missing}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    prompt = pending.pop(future)
+                    try:
+                        keep(prompt, *future.result())
+                    except Unanswered as e:
+                        answers[prompt] = e
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if bar is not None:
+                bar.close()
+
+    def _scored(self, outcome: _Outcome) -> Score:
+        """The Score of one answer (or of its absence), counted in ``judge_unscored`` when it gives no number."""
+        if isinstance(outcome, Unanswered):
             self.unanswered += 1
             counters.add("judge_unscored")
-            return Score(None, "unscored", f"<no answer: {e}>")
-        scored = score_answer(answer["content"], answer["logprobs"])
+            return Score(None, "unscored", f"<no answer: {outcome}>")
+        scored = score_answer(outcome["content"], outcome["logprobs"])
         if scored.value is None:
             counters.add("judge_unscored")
         return scored
@@ -222,8 +299,9 @@ class Judge:
             if attempt:
                 time.sleep(self._wait(attempt, last))
             try:
-                self.calls += 1
-                counters.add("judge_calls")
+                with self._lock:
+                    self.calls += 1
+                    counters.add("judge_calls")
                 resp = self._client.chat.completions.create(**req)
                 choice = resp.choices[0]
                 lp = choice.logprobs.content if choice.logprobs and choice.logprobs.content else None
@@ -240,9 +318,10 @@ class Judge:
                                  "expected a chat completion (check [judge] base_url, model and the key)") from e
             except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
                 last = e  # a 200 whose body is not a chat completion (truncated JSON, missing choices)
-            progress.note(f"judge: {type(last).__name__} from {self.base_url} (attempt {attempt + 1} of "
-                          f"{self.settings.max_retries + 1})" + ("; retrying" if attempt < self.settings.max_retries
-                                                                  else ""))
+            with self._lock:
+                progress.note(f"judge: {type(last).__name__} from {self.base_url} (attempt {attempt + 1} of "
+                              f"{self.settings.max_retries + 1})" + ("; retrying" if attempt < self.settings.max_retries
+                                                                      else ""))
         raise Unanswered(f"judge {self.model} at {self.base_url}: no answer after {self.settings.max_retries + 1} "
                          f"attempts ({type(last).__name__}: {str(last)[:200]})")
 

@@ -6,6 +6,7 @@ loads, not a failure inside every steering cell.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from quant_harness._util.validate import SectionContext, check_table
@@ -34,12 +35,24 @@ class JudgeSettings:
     max_unscored: float = 0.5
     """Largest share of a judged run's answers that may be unscored (no answer after the retries, or no number in
     it); more is a cell error that says how many and why, never a score built from the few that came back."""
+    concurrency: int = 8
+    """Requests of one judged run in flight at once (1: one at a time): an endpoint answers several faster than one
+    after another, and the loopback server batches those that arrive together into one generate."""
+
+
+def missing_key(s: JudgeSettings) -> str | None:
+    """Why a remote judge cannot be asked from here (its key variable is unset), or None: the skip reason of every
+    judged cell, given before any model loads for it."""
+    if s.base_url == LOCAL or os.environ.get(s.api_key_env):
+        return None
+    return (f"judge {s.model} at {s.base_url}: environment variable {s.api_key_env} is not set; set it or use "
+            f'[judge] base_url = "local"')
 
 
 _KEYS: dict[str, type | tuple[type, ...]] = {
     "base_url": str, "model": str, "api_key_env": str, "local_model": str, "timeout": (int, float),
     "max_retries": int, "backoff": (int, float), "max_tokens": int, "logprobs": bool,
-    "constrain_number": bool, "max_unscored": (int, float),
+    "constrain_number": bool, "max_unscored": (int, float), "concurrency": int,
 }
 
 
@@ -56,6 +69,8 @@ def parse(ctx: SectionContext, table: object) -> JudgeSettings:
         raise StudyError(path, "judge.timeout", table["timeout"], "a positive number of seconds")
     if not 0.0 <= table.get("max_unscored", 0.0) <= 1.0:
         raise StudyError(path, "judge.max_unscored", table["max_unscored"], "a share of answers in 0..1")
+    if table.get("concurrency", 1) < 1:
+        raise StudyError(path, "judge.concurrency", table["concurrency"], "a positive number of requests in flight")
     if table.get("backoff", 0.0) < 0:
         raise StudyError(path, "judge.backoff", table["backoff"], "0 or a positive number of seconds")
     if "api_key_env" in table and not table["api_key_env"].strip():

@@ -255,10 +255,14 @@ def vector_agreement(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor, q_neg: Ten
         strata: a label per pair (CAA's matching answer letter): pairs are resampled within their label (``draws``).
         paired_precisions: row i is the same example at both precisions, so both get the same resample; False
             (e.g. PV rollouts that kept different pairs) draws the quantized precision's resamples independently.
-        align_to_mean_diff: for PCA, whose sign is a convention: sign both precisions' vectors to agree with the
-            reference's mean difference at their layer, the full data's for the point and the same resample's for
-            each replicate. The cross comparison is then of axes; the self floor keeps the sign's own instability
-            (a PCA axis the mean difference cannot orient, e.g. with shuffled labels, has no stable sign).
+        align_to_mean_diff: for PCA, whose sign is a convention: sign the reference's vector to agree with its
+            mean difference at the layer (the full data's for the point, the same resample's for each replicate),
+            and the quantized vector to agree with that reference vector (the same replicate's). The cross
+            comparison is then of axes, also at layers whose PC1 is nearly orthogonal to the mean difference, where
+            signing each precision to the mean difference flips the same axis (the default study read -0.997 for a
+            0.997 axis agreement; methods.pca_sign_check); the self floor keeps the reference sign's own
+            instability (a PCA axis the mean difference cannot orient, e.g. with shuffled labels, has no stable
+            sign).
     """
     ref_pos, ref_neg = _check_acts("reference positive", ref_pos), _check_acts("reference negative", ref_neg)
     q_pos, q_neg = _check_acts("quantized positive", q_pos), _check_acts("quantized negative", q_neg)
@@ -288,8 +292,10 @@ def vector_agreement(ref_pos: Tensor, ref_neg: Tensor, q_pos: Tensor, q_neg: Ten
         if align_to_mean_diff:
             full = (rp.double().mean(0) - rn.double().mean(0))[None]
             drawn = _count_mean(rp, d_ref.pos) - _count_mean(rn, d_ref.neg)
-            v_r, v_q = _align(v_r[None], full)[0], _align(v_q[None], full)[0]
-            V_r, V_q = _align(V_r, drawn), _align(V_q, drawn)
+            v_r, V_r = _align(v_r[None], full)[0], _align(V_r, drawn)
+            # the quantized axis takes the reference vector's sign: where the mean difference cannot pin a sign
+            # (PC1 nearly orthogonal to it) it would flip the same axis (methods.pca_sign_check says why)
+            v_q, V_q = _align(v_q[None], v_r[None])[0], _align(V_q, V_r)
         for name, v in (("reference", v_r), ("quantized", v_q)):
             if float(v.norm()) == 0.0:
                 raise CellError(f"layer {layer_ids[i]}: the {name} vector is all zeros; refusing to score it")

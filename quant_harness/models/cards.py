@@ -14,7 +14,11 @@ _REQUIRED = {"name": str, "hub_id": str, "layers": int, "hidden_size": int}
 _OPTIONAL = {
     "family": str, "params_b": float, "path": str, "embedded": str, "revision": str, "gptq": str,
     "gptq_revision": str, "gptq_group_size": int, "gpus": int, "native_dtype": str, "massive_dims_ratio": float,
+    "chat_template": str,
 }
+CHAT_TEMPLATES = ("tokenizer", "none")
+"""``tokenizer``: the checkpoint's own chat template; ``none``: a base model, prompted in plain text
+(quant_harness.models.base_model)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class ModelCard:
     native_dtype: str = "bfloat16"
     massive_dims_ratio: float = 0.0
     """Ratio of the largest activation dimension to the median, from the plan (H4); 0 when unknown."""
+    chat_template: str = "tokenizer"
+    """``none`` for a base model: CAA prompts are written as plain text and cells that need a chat turn (PV, Arditi,
+    refusal, judged steering) are skipped with the reason (quant_harness.models.base_model)."""
     source_file: str = ""
 
     @property
@@ -86,6 +93,8 @@ def load_card(name: str, cards_dir: Path) -> ModelCard:
     if unknown:
         raise StudyError(path, sorted(unknown)[0], raw[sorted(unknown)[0]],
                          f"one of the card keys {', '.join(sorted({**_REQUIRED, **_OPTIONAL}))}")
+    if fields.get("chat_template", "tokenizer") not in CHAT_TEMPLATES:
+        raise StudyError(path, "chat_template", fields["chat_template"], f"one of {', '.join(CHAT_TEMPLATES)}")
     if fields["name"] != name:
         raise StudyError(path, "name", fields["name"], f"the file's stem {name!r}")
     if fields.get("path"):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from quant_harness.models.cards import ModelCard
+from quant_harness.models import base_model
 from quant_harness.models.embedded import materialize, save_checkpoint
 from quant_harness.models.registry import PRECISIONS, REGISTRY
 from quant_harness.errors import PrecisionUnavailable, StudyError
@@ -168,6 +169,7 @@ def load(
         revision = {"revision": kwargs["revision"]} if "revision" in kwargs else {}
         check_config(card, AutoConfig.from_pretrained(source, **revision), source)
         tokenizer = AutoTokenizer.from_pretrained(source, **revision)
+        base_model.apply_template(card, tokenizer)  # a base card's plain-text prompts, whatever the checkpoint ships
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise PrecisionUnavailable(f"cannot load {card.name} at {precision} from {source}: {e}") from e

@@ -21,10 +21,13 @@ import pytest
 from quant_harness._util import progress
 from quant_harness.errors import StudyError
 from quant_harness.plugin import scale
-from quant_harness.plugin.fixtures import Outcome, cell_result, quant_runner, quant_study, record_cell
-from quant_harness.plugin.keys import RECORD, REPORTS, STATE, STUDY
-from quant_harness.plugin.options import add_options, cache_dir, check_writable, planning, report_dir, setting
+from quant_harness.plugin.fixtures import (Outcome, cell_result, failed_verdict, lead_with_cell, quant_runner,
+                                          quant_study, record_cell)
+from quant_harness.plugin.keys import RECORD, REPORTS, SELECTED, STATE, STUDY
+from quant_harness.plugin.options import (add_options, cache_dir, check_writable, model_dir, planning, rehearsing,
+                                          report_dir, setting)
 from quant_harness.plugin.state import RunState, TerminalSink
+from quant_harness.scale.rehearsal import skip_reason as rehearsal_skip
 from quant_harness.scale.scheduling import by_group
 from quant_harness.study.kinds import cells
 from quant_harness.study.spec import Cell, Study
@@ -49,8 +52,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
         path = Path(study_file)
         try:
-            config.stash[STUDY] = load(path if path.is_absolute() else config.rootpath / path,
-                                             check_data=not config.getoption("quant_plan"))
+            study = load(path if path.is_absolute() else config.rootpath / path,
+                         check_data=not config.getoption("quant_plan"))
+            if rehearsing(config):
+                from quant_harness.models.twins import data_dir
+                from quant_harness.scale.rehearsal import rehearse
+
+                study = rehearse(study, model_dir(config), cache_dir(config), data_dir(config.rootpath))
+            config.stash[STUDY] = study
         except StudyError as e:
             raise pytest.UsageError(str(e)) from e
         check_writable(config)
@@ -86,12 +95,21 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def _skip_reason(study: Study, cell: Cell) -> str | None:
+    from quant_harness.judge.settings import missing_key
     from quant_harness.models.precision import unavailable_reason
+    from quant_harness.study.kinds import KINDS
+
+    from quant_harness.models.base_model import skip_reason as base_model_skip
 
     card = study.cards[cell.model]
     if cell.precision == "gptq" and not card.has_gptq:
         return f"{card.name} has no GPTQ checkpoint (plan: none exists); gptq cell skipped"
-    return unavailable_reason(cell.precision)
+    traits = {t.key: t for t in study.traits}
+    base = base_model_skip(card, cell.kind, traits[cell.trait].methodology if cell.trait in traits else "")
+    if base:
+        return base
+    judged = KINDS[cell.kind].judged or (cell.trait in traits and traits[cell.trait].judge_filter is not None)
+    return (missing_key(study.judge) if judged else None) or unavailable_reason(cell.precision)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -110,7 +128,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: {e}") from e
     for c in grid:
         marks: list[Any] = [pytest.mark.xdist_group(c.group)]
-        reason = _skip_reason(s, c) or scale.placement_skip(metafunc.config, c.model, s.cards[c.model].gpus)
+        reason = (rehearsal_skip(c) if rehearsing(metafunc.config) else None) or _skip_reason(s, c) \
+            or scale.placement_skip(metafunc.config, c.model, s.cards[c.model].gpus)
         if reason:
             marks.append(pytest.mark.skip(reason=reason))
         params.append(pytest.param(c, id=c.id, marks=marks))
@@ -129,14 +148,17 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     return scale.auto_num_workers(config)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run each model x precision group's cells together (one load per group per process); --quant-shard I/N: keep
-    this shard's groups."""
+    """Run each model x precision group's cells together (one load per group per process), reference groups
+    first; note every shard's selected cells (a reference phase prepares them); --quant-shard I/N: keep this shard's
+    groups. Last, so that ``-k``/``-m`` deselection has happened."""
     groups = [m.args[0] if (m := item.get_closest_marker("xdist_group")) and "cell" in getattr(item, "fixturenames", ())
               else None for item in items]
     study = config.stash[STUDY]
     lead = [f"{model}-{study.reference}" for model in sorted(study.cards)] if study is not None else []
     items[:] = [items[i] for i in by_group(groups, lead)]
+    config.stash[SELECTED] = scale.selected_cells(items)
     scale.select_shard(config, items)
 
 
@@ -150,7 +172,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from quant_harness.study.files import check_cell_files
 
     params = [getattr(getattr(item, "callspec", None), "params", {}) for item in session.items]
-    selected = [p["cell"] for p in params if "cell" in p]
+    selected = [p["cell"] for p in params if isinstance(p.get("cell"), Cell)]   # an empty grid's item holds NOTSET
     try:
         check_cell_files(study, selected)
     except StudyError as e:
@@ -164,9 +186,23 @@ def pytest_runtestloop(session: pytest.Session) -> bool | None:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """A case's failed verdict assertion becomes the cell's short block (fixtures.failed_verdict)."""
+    try:
+        return (yield)
+    except AssertionError as e:
+        block = failed_verdict(item, e)
+        if block is None:
+            raise
+        raise block from None
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """Attach the cell's record to its call report; reports cross xdist as plain dicts."""
+    """Attach the cell's record to its call report; reports cross xdist as plain dicts. A failed or errored cell's
+    report leads with one line naming the cell (fixtures.lead_with_cell)."""
     report = yield
+    lead_with_cell(item, report, call.excinfo.value if call.excinfo is not None else None)
     if call.when == "call" and RECORD in item.stash:
         report.quant_record = item.stash[RECORD].to_dict()
         report.quant_record["worker"] = os.environ.get("PYTEST_XDIST_WORKER", "master")

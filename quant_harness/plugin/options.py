@@ -43,6 +43,10 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--quant-shard", dest="quant_shard", default=None, type=parse_shard, metavar="I/N",
                     help="Run shard I of N (whole model x precision groups, stable hash); results go to "
                          "<report dir>/shards/shard-I-of-N. Default: everything")
+    group.addoption("--quant-rehearse", dest="quant_rehearse", action="store_true", default=False,
+                    help="Rehearse the study on CPU: every model replaced by its tiny twin ($QUANT_HARNESS_DATA/"
+                         "model_twins), the loopback judge, small data limits; reports under <report dir>/rehearsal. "
+                         "Default: the real study")
     group.addoption("--quant-plan", dest="quant_plan", action="store_true", default=False,
                     help="Print cells, groups, workers, memory estimates and warm cache entries; load and run nothing")
 
@@ -75,8 +79,15 @@ def shard(config: pytest.Config) -> Shard | None:
 def report_dir(config: pytest.Config) -> Path:
     """The report folder; a shard writes into its own part of it: ``<dir>/shards/shard-I-of-N``."""
     base = _path(config, "quant_report_dir")
+    if rehearsing(config):
+        base = base / "rehearsal"
     sh = shard(config)
     return base / "shards" / sh.label if sh else base
+
+
+def rehearsing(config: pytest.Config) -> bool:
+    """``--quant-rehearse``: twins for models (quant_harness.scale.rehearsal); a rehearsal never replaces real reports."""
+    return bool(config.getoption("quant_rehearse", False))
 
 
 def planning(config: pytest.Config) -> bool:

@@ -6,6 +6,8 @@ pytest-html's hooks are optional (``optionalhook=True``), so the plugin works wi
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,12 +56,14 @@ class ReportHooks:
         return check.regressions
 
     def extras(self, record: Record) -> list[dict[str, Any]]:
-        """The cell's HTML block for pytest-html, built on the worker that ran the cell (plots in parallel)."""
-        if not self.config.getoption("htmlpath", None):
+        """The cell's HTML block for pytest-html, built on the worker that ran the cell (plots in parallel), its
+        plots published as files beside report.html."""
+        page = self.config.getoption("htmlpath", None)
+        if not page or page == os.devnull:
             return []
         from quant_harness.report import html as html_report
 
-        return html_report.extras(record, cache_dir(self.config))
+        return html_report.extras(record, cache_dir(self.config), Path(page).parent)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str],
@@ -67,7 +71,10 @@ class ReportHooks:
         """The verdict table (model x precision x trait, coloured by verdict) at the top of report.html."""
         from quant_harness.report import html as html_report
 
-        prefix.append(html_report.summary_table(self.config.stash[STATE].records))
+        records = self.config.stash[STATE].records
+        page = self.config.getoption("htmlpath", None)
+        links = html_report.plot_links(records, Path(page).parent) if page and page != os.devnull else None
+        prefix.append(html_report.summary_table(records, links=links))
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

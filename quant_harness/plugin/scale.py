@@ -105,6 +105,16 @@ def placement_skip(config: pytest.Config, model: str, gpus: int) -> str | None:
     return scheduling.unfit_reason(model, gpus, gpu_slots(config), _distributed(config))
 
 
+def selected_cells(items: list[pytest.Item]) -> list[Cell]:
+    """The cells of ``items`` that will compute (no skip mark), in run order."""
+    out = []
+    for item in items:
+        cell = item.callspec.params.get("cell") if hasattr(item, "callspec") else None
+        if isinstance(cell, Cell) and item.get_closest_marker("skip") is None:
+            out.append(cell)
+    return out
+
+
 def select_shard(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep this shard's model x precision groups; report the rest as deselected."""
     sh = shard(config)

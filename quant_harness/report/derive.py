@@ -27,7 +27,7 @@ def derive(report_dir: Path, *, cards_dir: Path | None = None) -> list[Path]:
     findings_path = report_dir / "findings.md"
     files.write_text(findings_path, findings.render(records, rank, run))
     summary_path = report_dir / "summary.html"
-    files.write_text(summary_path, html.summary_page(records, run))
+    files.write_text(summary_path, html.summary_page(records, run, report_dir))
     return [rank_path, findings_path, summary_path]
 
 

@@ -121,18 +121,60 @@ def _h2(kinds: dict[str, list[Record]]) -> tuple[str, list[str]]:
     return "; ".join(answers), lines
 
 
-def _h4(rank: dict[str, Any]) -> tuple[str, list[str]]:
-    lines = []
+def _massive_ratios(records: list[Record]) -> dict[str, float]:
+    """Each model's massive-dim ratio: from its records' card provenance, else its shipped card; 0 when unknown."""
+    out: dict[str, float] = {}
+    for r in records:
+        v = (r.get("provenance", {}).get("model_card") or {}).get("massive_dims_ratio")
+        if isinstance(v, (int, float)) and v > 0:
+            out[split_cell_id(r["cell_id"], r).model] = float(v)
+    from quant_harness import data
+    from quant_harness.errors import StudyError
+    from quant_harness.models.cards import load_card
+
+    for model in {split_cell_id(r["cell_id"], r).model for r in records} - set(out):
+        try:
+            out[model] = load_card(model, data.path("model_cards")).massive_dims_ratio
+        except StudyError:
+            out[model] = 0.0
+    return out
+
+
+def _h4(rank: dict[str, Any], records: list[Record]) -> tuple[str, list[str]]:
+    """Per kind, the model with the most severe massive dims against the mildest: more sensitive when its
+    degradation interval lies wholly above the other's, less when wholly below, unresolved when they overlap."""
+    ratios = _massive_ratios(records)
+    lines, answers = [], []
     for kind, r in rank.get("by_kind", {}).items():
         models = r.get("models", [])
-        if len(models) > 1:
-            lines += [f"- {kind}: {m['name']} ({m.get('family') or '?'}): mean degradation "
-                      f"{_f(m['mean_degradation'])} (CI {_f(m['ci_low'])}..{_f(m['ci_high'])}, n={m['n']})"
-                      for m in models]
+        if len(models) < 2:
+            continue
+        lines += [f"- {kind}: {m['name']} ({m.get('family') or '?'}, massive dims "
+                  f"{_f(ratios.get(m['name'], 0.0)) if ratios.get(m['name']) else 'unknown'}x): mean degradation "
+                  f"{_f(m['mean_degradation'])} (CI {_f(m['ci_low'])}..{_f(m['ci_high'])}, n={m['n']})"
+                  for m in models]
+        known = sorted((m for m in models if ratios.get(m["name"], 0.0) > 0), key=lambda m: ratios[m["name"]])
+        if len(known) < 2 or ratios[known[0]["name"]] == ratios[known[-1]["name"]]:
+            answers.append(f"{kind}: massive-dim ratios unknown or equal (card massive_dims_ratio)")
+            continue
+        mild, severe = known[0], known[-1]
+        if min(mild["n"], severe["n"]) < 2:
+            answer = "not resolved (one cell per model: no interval)"
+        elif severe["ci_low"] > mild["ci_high"]:
+            answer = "supported"
+        elif severe["ci_high"] < mild["ci_low"]:
+            answer = "contradicted"
+        else:
+            answer = "not resolved (intervals overlap)"
+        answers.append(f"{kind}: {answer}: {severe['name']} ({_f(ratios[severe['name']])}x) "
+                       f"{_f(severe['mean_degradation'])} vs {mild['name']} ({_f(ratios[mild['name']])}x) "
+                       f"{_f(mild['mean_degradation'])}")
     if not lines:
-        return ("not measured: one model only; needs cells of gemma3-4b (massive dims ~1500x) and llama-8b "
-                "(~100x) at the same precisions"), []
-    return "see ranking (models ordered most to least robust)", lines
+        return ("not measured: no kind has quantized cells of two models; needs cells of gemma3-4b (massive dims "
+                "~1500x) and llama-8b "
+                "(~100x) at the same precisions, or cases/studies/families.toml (gemma3-270m against "
+                "smollm2-135m on CPU)"), []
+    return "; ".join(answers), lines
 
 
 def _h5(rank: dict[str, Any]) -> tuple[str, list[str]]:
@@ -205,6 +247,149 @@ def _caveats(records: list[Record]) -> list[str]:
     return out
 
 
+def _flagged(records: list[Record], rule: str) -> list[tuple[Record, dict[str, Any]]]:
+    return [(r, f) for r in records for f in r.get("flags") or [] if f.get("rule") == rule]
+
+
+def _reference_of(records: list[Record]) -> str:
+    refs = {str(r.get("provenance", {}).get("reference")) for r in records if r.get("provenance", {}).get("reference")}
+    return refs.pop() if len(refs) == 1 else ""
+
+
+def _checkpoint(records: list[Record]) -> list[str]:
+    """Checkpoint 1: the reference's own figures per model, then the quantized cells whose verdict it withheld."""
+    ref = _reference_of(records)
+    lines = []
+    by_model: dict[str, list[Record]] = {}
+    for r in records:
+        by_model.setdefault(split_cell_id(r["cell_id"], r).model, []).append(r)
+    for model, rs in sorted(by_model.items()):
+        probes = [r for r in rs if r.get("kind") == "probes" and split_cell_id(r["cell_id"], r).precision == ref]
+        aurocs = [float(v) for r in probes if isinstance(v := r.get("figures", {}).get("auroc_reference"), float)]
+        deltas = {split_cell_id(r["cell_id"], r).subject: r["figures"]["delta_reference"] for r in rs
+                  if r.get("kind") == "steering" and isinstance(r.get("figures", {}).get("delta_reference"), float)}
+        bench = sorted({f"{r['figures'].get('task')} {_f(r['figures'].get('reference_accuracy'))}" for r in rs
+                        if r.get("kind") == "benchmarks" and split_cell_id(r["cell_id"], r).precision == ref})
+        refusal = [float(v) for r in rs if r.get("kind") == "refusal" and split_cell_id(r["cell_id"], r).precision
+                   == ref and isinstance(v := r.get("figures", {}).get("effect"), (int, float))]
+        parts = [f"reference AUROC {_f(min(aurocs))}..{_f(max(aurocs))} over {len(aurocs)} extractions"
+                 if aurocs else "no reference probe cells",
+                 "steering delta at the reference " + ", ".join(f"{k} {v:+.1f}" for k, v in sorted(deltas.items()))
+                 if deltas else "no reference steering delta",
+                 "benchmarks recorded at the reference: " + ", ".join(bench) if bench else "no reference benchmark",
+                 f"refusal ablation effect at the reference {_f(refusal[0])}" if refusal else "no reference refusal"]
+        lines.append(f"- {model} ({ref or 'reference'}): " + "; ".join(parts))
+    gated = _flagged(records, "checkpoint")
+    withheld = {(r.get("kind"), r["cell_id"]) for r, _ in gated}
+    checks: dict[str, int] = {}
+    for _, f in gated:
+        checks[str(f.get("check"))] = checks.get(str(f.get("check")), 0) + 1
+    lines += ["", f"**Cells whose verdict the gate withheld (inconclusive, reference baseline failed):** "
+                  f"{len(withheld)} of {len(records)}"
+              + (f" ({', '.join(f'{k} {n}' for k, n in sorted(checks.items()))})" if checks else "")]
+    lines += [""] if gated else []
+    lines += [f"- {r.get('kind')} {r['cell_id']}: {f['text']}" for r, f in gated[:_LISTED]]
+    if len(gated) > _LISTED:
+        lines.append(f"- ... and {len(gated) - _LISTED} more (the records' `flags` in reports/results/*.json)")
+    return lines
+
+
+_LISTED = 40
+"""Flag lines listed per section; the rest are counted (every one is in the records)."""
+
+
+def _flag_section(records: list[Record], rule: str, none: str) -> list[str]:
+    found = _flagged(records, rule)
+    if not found:
+        return [none]
+    lines = [f"- {r.get('kind')} {r['cell_id']} ({r.get('verdict')}): {f['text']}" for r, f in found[:_LISTED]]
+    if len(found) > _LISTED:
+        lines.append(f"- ... and {len(found) - _LISTED} more (the records' `flags` in reports/results/*.json)")
+    return lines
+
+
+def _gates(records: list[Record]) -> list[str]:
+    if records and not any("flags" in r for r in records):
+        return ["## Plan gates", "", ("Not checked: these records were written before the gates existed (re-run "
+                                      "the cells to check them)."), ""]
+    out = ["## Plan gates", "", "Checked on every cell by quant_harness.report.gates (the study's `[gates]`).", "",
+           "### Checkpoint 1: reference baselines", "", *_checkpoint(records), "",
+           "### INVESTIGATE", "",
+           *_flag_section(records, "investigate", "- none: no steering delta drop above the threshold, no AUROC, "
+                                                  "cosine or HellaSwag figure past the plan's INVESTIGATE limits"),
+           "", "### DISCARD (generating garbage)", "",
+           *_flag_section(records, "discard", "- none: every steering record kept coherence above the DISCARD "
+                                              "floor at some coefficient"), ""]
+    return out
+
+
+def _criteria(records: list[Record], rank: dict[str, Any]) -> list[str]:
+    """The plan's success criteria, each ticked or not from what the matrices hold, and which file answers it."""
+    kinds = _by_kind(records)
+    ref = _reference_of(records)
+    names = {r["cell_id"]: split_cell_id(r["cell_id"], r) for r in records}
+    groups = {(n.model, n.precision) for n in names.values()}
+    models = sorted({m for m, _ in groups})
+    quant = {g for g in groups if g[1] != ref}
+
+    def tick(ok: bool, text: str, measured: str, where: str) -> str:
+        return f"- [{'x' if ok else ' '}] {text}: {measured} ({where})"
+
+    syc = {names[r["cell_id"]].model: r["figures"].get("delta_reference") for r in kinds.get("steering", [])
+           if names[r["cell_id"]].subject.startswith("pv_syc")}
+    syc_ok = [m for m, d in syc.items() if isinstance(d, float) and not any(
+        f.get("check") == "reference_delta" for r in kinds["steering"] if names[r["cell_id"]].model == m
+        for f in r.get("flags") or [])]
+    vec = kinds.get("vectors", [])
+    vec_groups = {(names[r["cell_id"]].model, names[r["cell_id"]].precision) for r in vec}
+    subjects = {names[r["cell_id"]].subject for r in vec}
+    vec_have = {(names[r["cell_id"]].model, names[r["cell_id"]].precision, names[r["cell_id"]].subject) for r in vec}
+    vec_missing = len(vec_groups) * len(subjects) - len(vec_have)
+    steer = kinds.get("steering", [])
+    steer_n = sum(isinstance(r.get("figures", {}).get("degradation"), float) for r in steer)
+    by_kind = rank.get("by_kind", {})
+    methods = [k for k, r in by_kind.items() if r.get("paired", {}).get("probe_vs_mean_diff")]
+    families = [k for k, r in by_kind.items() if len(r.get("families", [])) > 1]
+    sizes = [k for k, r in by_kind.items() if r.get("size_scaling")]
+    transfer = kinds.get("transfer", [])
+    transfer_n = sum(isinstance(r.get("figures", {}).get("transfer_ratio"), float) for r in transfer)
+    hella = {(names[r["cell_id"]].model, names[r["cell_id"]].precision) for r in kinds.get("benchmarks", [])
+             if "hellaswag" in str(r.get("figures", {}).get("task", ""))}
+    logit = kinds.get("logit_diff", [])
+    logit_n = sum(isinstance(r.get("figures", {}).get("logit_corr"), float) for r in logit)
+    return [
+        tick(bool(models) and len(syc_ok) == len(models), "Reference baselines work: PV sycophancy moves its trait "
+             "on every model", (f"{len(syc_ok)} of {len(models)} models have a PV sycophancy steering delta at the "
+                                "reference that passes Checkpoint 1 ("
+                                + ", ".join(f"{m} {_f(d)}" for m, d in sorted(syc.items())) + ")") if syc
+             else "no PV sycophancy steering cells", "steering_comparison.json"),
+        tick(bool(vec) and vec_missing == 0, "Vector cosine measured for every precision x model x trait",
+             f"{len(vec)} vector cells over {len(vec_groups)} model x precision groups and {len(subjects)} trait x "
+             f"method pairs; {vec_missing} combinations without a record", "vector_comparison.json"),
+        tick(bool(steer) and steer_n == len(steer), "Steering delta degradation quantified for every cell",
+             f"{steer_n} of {len(steer)} steering cells have a degradation (% drop from the reference)",
+             "steering_comparison.json"),
+        tick(bool(methods), "Method robustness ranking: probe vs mean_diff",
+             f"paired probe - mean_diff degradation in {', '.join(methods)}" if methods else "no paired method "
+             "comparison (needs both methods on the same model, precision and trait)", "robustness_ranking.json"),
+        tick(bool(families), "Model family robustness ranking",
+             f"families ranked in {', '.join(families)}" if families else "one family only",
+             "robustness_ranking.json"),
+        tick(bool(sizes), "Size scaling characterized (70B vs 2B)",
+             f"degradation by size in {', '.join(sizes)}" if sizes else "needs two sizes of one family",
+             "robustness_ranking.json"),
+        tick(transfer_n > 0, "Cross-precision transfer tested (reference vectors steering quantized models)",
+             f"{transfer_n} of {len(transfer)} transfer cells have a transfer ratio", "steering_comparison.json"),
+        tick(bool(quant) and {*quant, *(g for g in groups if g[1] == ref)} <= hella,
+             "Capability preserved: HellaSwag on every model x precision",
+             f"HellaSwag recorded for {len(hella)} of {len(groups)} model x precision groups",
+             "benchmark_comparison.json"),
+        tick(logit_n > 0, "Logit difference on CAA A/B questions under quantization",
+             f"{logit_n} of {len(logit)} logit-difference cells have a correlation with the reference",
+             "steering_comparison.json"),
+    ]
+
+
 def render(records: list[Record], rank: dict[str, Any], run: dict[str, Any]) -> str:
     """The findings page as Markdown."""
     kinds = _by_kind(records)
@@ -213,7 +398,7 @@ def render(records: list[Record], rank: dict[str, Any], run: dict[str, Any]) -> 
         ("H2", "Steering effectiveness degrades (delta and coherence drop at matched coefficients)", _h2(kinds)),
         ("H3", "Probe extraction degrades less than mean_diff", _paired_section(
             rank, "probe_vs_mean_diff", "probe", "needs cells of both methods on the same model, precision, trait")),
-        ("H4", "Families with severe massive dims are more sensitive", _h4(rank)),
+        ("H4", "Families with severe massive dims are more sensitive", _h4(rank, records)),
         ("H5", "Larger models are more robust", _h5(rank)),
         ("H6", "INT8 degrades less than NF4", _paired_section(
             rank, "int8_vs_nf4", "int8", "needs nf4 and int8 cells of the same model and trait")),
@@ -230,5 +415,6 @@ def render(records: list[Record], rank: dict[str, Any], run: dict[str, Any]) -> 
     for key, claim, (answer, lines) in hyps:
         out += [f"### {key}: {claim}", "", f"**Answer:** {answer}", ""]
         out += [*lines, ""] if lines else []
+    out += ["## Success criteria (the plan's)", "", *_criteria(records, rank), "", *_gates(records)]
     out += ["## Caveats", "", *_caveats(records), ""]
     return "\n".join(out)

@@ -9,26 +9,36 @@ What is drawn (generic by record field):
   * a *bar* figure, ``figures[name] = {"<label>": number, ...}`` (accuracy by precision, by task).
   * across cells without per-layer data, the headline ``value`` per precision as bars (benchmark accuracy).
 
-Uses matplotlib's object API on the Agg canvas: no pyplot state, no display, safe in workers.
+Uses matplotlib's object API on the Agg canvas (imported on first draw): no pyplot state, no display, safe in
+workers.
+
+Reports link plots as files (``publish``: ``plots/<cell>-NN.png`` beside the page, and ``plots/<cell>.html``
+showing them) instead of embedding them, so a page stays small at the full grid's ~800 cells; a file that already
+holds the same bytes is left alone, so a warm re-run rewrites nothing.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import html
 import io
+import json
 import math
+import os
+import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple
 
 from quant_harness.errors import CacheError
-from quant_harness.store import FILES, META, ArtefactStore
+from quant_harness.metrics.verdicts import DEFAULT_BANDS
 from quant_harness.models.registry import display_key
 from quant_harness.records import Record
+from quant_harness.store import FILES, META, ArtefactStore
 from quant_harness.study.ids import split_cell_id
-from quant_harness.metrics.verdicts import DEFAULT_BANDS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 REFERENCE_SUFFIX = "_reference"
 
@@ -43,11 +53,68 @@ class Plot(NamedTuple):
         return base64.b64encode(self.png).decode("ascii")
 
 
+class PlotFile(NamedTuple):
+    """A published plot: its title and its file's path relative to the pages in the report folder."""
+
+    title: str
+    src: str
+
+
+PLOTS_DIR = "plots"
+"""The folder beside report.html and summary.html that holds the plot files."""
+
+
+def file_stem(name: str) -> str:
+    """A cell id (or group name) as a file name: anything but letters, digits, ``._-`` becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    """Write atomically unless the file already holds ``data`` (a warm re-run rewrites nothing)."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def page_href(stem: str) -> str:
+    """Where the page of one cell's (or group's) plots is, relative to the report folder."""
+    return f"{PLOTS_DIR}/{file_stem(stem)}.html"
+
+
+def publish(plot_list: list[Plot], report_dir: Path, stem: str, heading: str = "") -> list[PlotFile]:
+    """Write plots as ``<report_dir>/plots/<stem>-NN.png`` and a page showing them (``page_href``); return the
+    files for an ``<img>`` each."""
+    stem = file_stem(stem)
+    out = []
+    for i, p in enumerate(plot_list):
+        name = f"{stem}-{i:02d}.png"
+        _write_if_changed(report_dir / PLOTS_DIR / name, p.png)
+        out.append(PlotFile(p.title, f"{PLOTS_DIR}/{name}"))
+    if out:
+        imgs = "".join(f'<img loading="lazy" alt="{html.escape(f.title, quote=True)}" '
+                       f'title="{html.escape(f.title, quote=True)}" src="{f.src.removeprefix(PLOTS_DIR + "/")}"/>'
+                       for f in out)
+        title = html.escape(heading or stem)
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+                f"<body style='font-family:Helvetica,Arial,sans-serif'><h2>{title}</h2>{imgs}</body></html>\n")
+        _write_if_changed(report_dir / page_href(stem), page.encode())
+    return out
+
+
 def _finite(values: Iterable[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
+    # imported here, not with the module: a warm report reads cached plots and draws none
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5.6, 2.9), dpi=80, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=10)
@@ -59,6 +126,8 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Any]:
 
 
 def _png(fig: Figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     buf = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buf)
     return buf.getvalue()
@@ -184,6 +253,25 @@ _PNGS = _PngCodec()
 def split_precision(record: Record) -> str:
 
     return split_cell_id(str(record.get("cell_id", "")), record).precision
+
+
+def group_plot_files(title: str, records: list[Record], report_dir: Path, stem: str) -> list[PlotFile]:
+    """``group_plots`` published as files, drawn only when the records' plotted fields changed since the files
+    were written (a digest of them is kept in ``plots/<stem>.json``): summary.html's plots cost a warm re-run
+    nothing."""
+    drawn_from = [{k: r.get(k) for k in ("cell_id", "kind", "layers", "per_layer", "metric", "value")}
+                  for r in sorted(records, key=lambda r: str(r.get("cell_id")))]
+    digest = hashlib.sha256(json.dumps([title, drawn_from], sort_keys=True, default=str).encode()).hexdigest()
+    index = report_dir / PLOTS_DIR / f"{file_stem(stem)}.json"
+    try:
+        known = json.loads(index.read_text())
+        if known.get("digest") == digest and all((report_dir / f).is_file() for f, _ in known["plots"]):
+            return [PlotFile(str(t), str(f)) for f, t in known["plots"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    out = publish(group_plots(title, records), report_dir, stem, title)
+    _write_if_changed(index, json.dumps({"digest": digest, "plots": [[f.src, f.title] for f in out]}).encode())
+    return out
 
 
 def group_plots(title: str, records: list[Record]) -> list[Plot]:

@@ -29,7 +29,7 @@ from quant_harness.store import ArtefactStore, DirectoryCodec, key_of
 from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle, tensors_of
 from quant_harness.sae.settings import Dictionary, SaeSettings
 from quant_harness.sae.train import evaluate, train_sae
-from quant_harness.runner import EMBEDDED_NOTE
+from quant_harness.runner import embedded_note
 from quant_harness.study.spec import Cell, Study
 
 if TYPE_CHECKING:
@@ -219,6 +219,12 @@ def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str
     return out
 
 
+def reference_side(runner: CellRunner, cell: Cell) -> None:
+    """What a quantized SAE cell reads of the reference: its residuals of both splits (training reads no model)."""
+    for split in ("train", "eval"):
+        residuals(runner, cell.model, runner.study.reference, split)
+
+
 def sae_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     """The cell's verdict: mean top-k Jaccard over eval tokens, banded by ``sae_overlap`` with a bootstrap CI.
 
@@ -265,7 +271,7 @@ def sae_comparison(runner: CellRunner, cell: Cell) -> CellResult:
                       dictionary={"name": d.name, "bundle": str(bundle.path), "activation": bundle.activation,
                                   "training": report}, texts=str(s.texts),
                       tokens=f"eval texts: {TOKENS}",
-                      notes=[EMBEDDED_NOTE] if card.embedded else [])
+                      notes=[embedded_note(card.embedded)] if card.embedded else [])
     return CellResult(cell_id=cell.id, kind="sae", verdict=j.verdict.label, metric="topk_jaccard", value=value,
                       figures=figures, per_layer={"topk_jaccard": [value]}, layers=[layer],
                       explanation=f"{j.explain()}; resampled: {figures['resampled']}; the reference's dataset-level "

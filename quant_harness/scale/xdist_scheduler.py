@@ -3,6 +3,11 @@
 xdist's own loadgroup relies on a nodeid rewrite that pytest 9.2 no longer honours (xdist #1386), and it
 knows nothing of GPUs. Here a group goes to one worker as a unit, groups that need more GPUs and larger groups
 go first, and a group goes only to a worker whose slot holds as many GPUs as its model card asks for.
+
+Two phases per model: a model's quantized groups are handed out only once its reference group has finished (or to
+the worker running it, which runs them after it), because the reference group builds the reference side of every
+comparison (activations, steering search, A/B sweeps) into the cache. A quantized group then never loads the
+reference, so its worker holds one model at a time (quant_harness.runner.ModelPool).
 """
 
 from __future__ import annotations
@@ -53,9 +58,27 @@ class CellGroupScheduling(LoadScopeScheduling):
         cap = node_gpus(node)
         return cap is None or self._need(scope) <= cap
 
+    def _reference_of(self, scope: str) -> str | None:
+        """The reference group a quantized group waits for; None for reference groups and non-cells."""
+        if not self.reference or group_of_id(scope) != scope:
+            return None
+        model, precision = split_group(scope)
+        return None if precision == self.reference else f"{model}-{self.reference}"
+
+    def _ready(self, node: Any, scope: str) -> bool:
+        """Whether ``scope`` may start on ``node``: its reference group is neither queued nor unfinished on another
+        worker (a worker runs its own queue in order, so the one running the reference may take it)."""
+        ref = self._reference_of(scope)
+        if ref is None:
+            return True
+        if ref in self.workqueue:
+            return False
+        return not any(other is not node and not all(work.get(ref, {}).values())
+                       for other, work in self.assigned_work.items())
+
     def _assign_work_unit(self, node: Any) -> bool:  # type: ignore[override]
-        """Give ``node`` the first queued group it can hold; False when none fits."""
-        scope = next((s for s in self.workqueue if self._fits(node, s)), None)
+        """Give ``node`` the first queued group it can hold and may start; False when there is none now."""
+        scope = next((s for s in self.workqueue if self._fits(node, s) and self._ready(node, s)), None)
         if scope is None:
             return False
         work_unit = self.workqueue.pop(scope)
@@ -72,8 +95,19 @@ class CellGroupScheduling(LoadScopeScheduling):
             return
         if self._pending_of(self.assigned_work[node]) > 2:
             return
-        if not self._assign_work_unit(node) and not self._pending_of(self.assigned_work[node]):
+        if not self._assign_work_unit(node) and not self._pending_of(self.assigned_work[node]) \
+                and not any(self._fits(node, s) for s in self.workqueue):
             node.shutdown()  # what is left needs more GPUs than this worker holds
+
+    def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
+        """As LoadScope's; when a reference group has just finished, every idle worker may now take its model's
+        quantized groups."""
+        nodeid = self.registered_collections[node][item_index]
+        scope = self._split_scope(nodeid)
+        self.assigned_work[node][scope][nodeid] = True
+        others = [n for n in self.nodes if n is not node] if all(self.assigned_work[node][scope].values()) else []
+        for n in [node, *others]:
+            self._reschedule(n)
 
     def schedule(self) -> None:
         if self.collection is not None:
@@ -96,7 +130,8 @@ class CellGroupScheduling(LoadScopeScheduling):
         self.workqueue.update(order)
         by_capacity = sorted(self.nodes, key=lambda n: -(node_gpus(n) or 0))
         for node in by_capacity:
-            if not self.workqueue or not self._assign_work_unit(node):
+            if not self.workqueue or (not self._assign_work_unit(node)
+                                      and not any(self._fits(node, s) for s in self.workqueue)):
                 self.log(f"Shutting down unused node {node}")
                 self.assigned_work.pop(node)
                 node.shutdown()

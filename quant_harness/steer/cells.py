@@ -9,6 +9,7 @@ and the gates that make a cell inconclusive when the reference shows no effect.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ from quant_harness.store import JSON, ArtefactStore, key_of, legacy_json
 from quant_harness.steer.settings import SteeringSettings
 from quant_harness.study.spec import Cell, Study, TraitSpec
 from quant_harness.metrics.verdicts import undefined
+from quant_harness.models import identity
 
 if TYPE_CHECKING:
     from quant_harness.protocols import CellRunner
@@ -102,16 +104,74 @@ def _check_unscored(runner: CellRunner, scores: Sequence[judges.Score]) -> None:
 def _judged(runner: CellRunner, template: str, questions: Sequence[str], answers: Sequence[str]) -> dict[str, Any]:
     j = judges.study_judge(runner)
     coherence_t = judges.load_prompt("coherence")
-    trait_s = [j.score(template.format(question=q, answer=a)) for q, a in zip(questions, answers)]
-    coh_s = [j.score(coherence_t.format(question=q, answer=a)) for q, a in zip(questions, answers)]
+    scores = j.score_many([t.format(question=q, answer=a) for t in (template, coherence_t)
+                           for q, a in zip(questions, answers)], desc="judging steered answers")
+    trait_s, coh_s = scores[:len(answers)], scores[len(answers):]
     _check_unscored(runner, [*trait_s, *coh_s])
     return {"trait": [x.value for x in trait_s], "coherence": [x.value for x in coh_s],
             "modes": sorted({x.mode for x in trait_s + coh_s}), "raw_unscored": [x.raw for x in trait_s + coh_s
                                                                                if x.value is None][:4]}
 
 
+def search_runs(layers: Sequence[int], s: SteeringSettings, n_questions: int,
+                generate: Callable[[list[steering.Condition]], list[list[str]]],
+                judge: Callable[[list[str]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The baseline, then per layer ``search_steps`` runs of the coefficient search (double while mean coherence
+    >= ``coherence_min``, else halve), in the order of the one-run-at-a-time search, from few ``generate`` calls.
+
+    Doubling and halving commute, so the coefficients ``d`` steps can reach from ``c`` are the ``2d - 1`` values
+    ``c * 2**m`` with ``|m| < d``: a wave generates them for every layer at once, for the largest ``d`` (at least 1,
+    at most the steps left) whose new rows fit in ``batch_rows``, then walks ``d`` steps judging only the runs the
+    search takes. Texts not taken are dropped; those taken are the one-at-a-time search's (greedy, same rows).
+    """
+    texts: dict[tuple[int | None, float], list[str]] = {}
+    current = {L: s.coefficient for L in layers}
+    by_layer: dict[int, list[dict[str, Any]]] = {L: [] for L in layers}
+    base: dict[str, Any] | None = None
+    done = 0
+
+    def wanted(d: int) -> list[tuple[int | None, float]]:
+        keys: list[tuple[int | None, float]] = [] if base is not None else [(None, 0.0)]
+        keys += [(L, current[L] * 2.0 ** m) for L in layers for m in range(1 - d, d)]
+        return [k for k in dict.fromkeys(keys) if k not in texts]
+
+    while done < s.search_steps:
+        d = 1
+        while d < s.search_steps - done and len(wanted(d + 1)) * n_questions <= s.batch_rows:
+            d += 1
+        todo = wanted(d)
+        texts.update(zip(todo, generate([steering.Condition(L, c) for L, c in todo])))
+        if base is None:
+            base = {"layer": None, "coefficient": 0.0, "texts": texts[(None, 0.0)], **judge(texts[(None, 0.0)])}
+        for _ in range(d):
+            for L in layers:
+                c = current[L]
+                run = {"layer": L, "coefficient": c, "texts": texts[(L, c)], **judge(texts[(L, c)])}
+                by_layer[L].append(run)
+                coh = [x for x in run["coherence"] if x is not None]
+                current[L] = c * 2 if coh and statistics.fmean(coh) >= s.coherence_min else c / 2
+            done += 1
+    assert base is not None
+    return [base, *(r for L in layers for r in by_layer[L])]
+
+
+def _batch_key(runner: CellRunner, precision: str) -> dict[str, Any]:
+    """What batching adds to a steering artefact's key: nothing where rows of a batch do not interact (outputs are
+    the one-condition-at-a-time path's), ``batch_rows`` at precisions whose outputs depend on the batch."""
+    return {"batch_rows": runner.study.steering.batch_rows} if precision in identity.BATCH_DEPENDENT else {}
+
+
+def _settings_key(s: SteeringSettings) -> dict[str, Any]:
+    """The ``[steering]`` settings a search's outputs depend on (``batch_rows`` only where ``_batch_key`` says).
+
+    ``ab_files`` only names A/B files, whose sweeps key on the questions they hold, so it stays out: a study that
+    names its held-out files keeps its cached searches."""
+    return {k: v for k, v in asdict(s).items() if k not in ("batch_rows", "ab_files")}
+
+
 def _steer_search(runner: CellRunner, cell: Cell, precision: str, vec_precision: str) -> dict[str, Any]:
-    """Baseline, then per candidate layer a coefficient search (double while coherent, halve when not)."""
+    """Baseline, then per candidate layer a coefficient search (double while coherent, halve when not):
+    ``search_runs``, batched."""
     study, s = runner.study, runner.study.steering
     trait = study.trait(cell.trait)
     vecs = runner.vectors(cell.model, vec_precision, trait, cell.method)
@@ -120,35 +180,34 @@ def _steer_search(runner: CellRunner, cell: Cell, precision: str, vec_precision:
     prompts = [Prompt((("user", q),)) for q in questions]
     jset = study.judge
     comps = {**runner.key_components(cell.model, precision), "vectors": {L: _vhash(vecs[L]) for L in layers},
-             "questions": questions, "template": template, "settings": asdict(s),
-             "judge": judges.describe(jset, runner.pool.model_dir), "judge_model": jset.model}
+             "questions": questions, "template": template, "settings": _settings_key(s),
+             "judge": judges.describe(jset, runner.pool.model_dir), "judge_model": jset.model,
+             **_batch_key(runner, precision)}
 
     def build() -> dict[str, Any]:
         lm = runner.pool.get(cell.model, precision)
         progress.note(f"steering {cell.model}/{precision} {trait.key}: baseline + search")
-        base = steering.generate(lm.model, lm.tokenizer, prompts, max_new_tokens=s.max_new_tokens).texts
-        runs = [{"layer": None, "coefficient": 0.0, "texts": base, **_judged(runner, template, questions, base)}]
-        for layer in layers:
-            c = s.coefficient
-            for _ in range(s.search_steps):
-                texts = steering.generate(lm.model, lm.tokenizer, prompts, vectors={layer: vecs[layer]},
-                                          coefficient=c, mode=s.mode, max_new_tokens=s.max_new_tokens).texts
-                run = {"layer": layer, "coefficient": c, "texts": texts, **_judged(runner, template, questions, texts)}
-                runs.append(run)
-                coh = [x for x in run["coherence"] if x is not None]
-                c = c * 2 if coh and statistics.fmean(coh) >= s.coherence_min else c / 2
+
+        def gen(conds: list[steering.Condition]) -> list[list[str]]:
+            return [g.texts for g in steering.generate_batched(
+                lm.model, lm.tokenizer, prompts, conds, vectors={L: vecs[L] for L in layers}, mode=s.mode,
+                max_new_tokens=s.max_new_tokens, max_rows=s.batch_rows)]
+
+        runs = search_runs(layers, s, len(prompts), gen, lambda texts: _judged(runner, template, questions, texts))
         return {"runs": runs}
 
     return _json_cached(runner, f"search/{cell.model}/{precision}", comps, build)  # type: ignore[no-any-return]
 
 
-def _steer_point(runner: CellRunner, cell: Cell, precision: str, layer: int | None,
-                 coefficient: float) -> dict[str, Any]:
-    """One judged run on every open question at one operating point (``layer=None``: the unsteered baseline), with
-    the cell's own vectors at ``precision``: the quantized side of a steering cell, at the point the reference's
-    search chose."""
+Point = tuple[int | None, float]
+
+
+def _point_comps(runner: CellRunner, cell: Cell, precision: str, point: Point) -> tuple[dict[str, Any],
+                                                                                         Tensor | None]:
+    """The cache key of one operating point's judged run, and the vector it steers with (None: the baseline)."""
     study, s = runner.study, runner.study.steering
     trait = study.trait(cell.trait)
+    layer, coefficient = point
     vec = None
     if layer is not None:
         vecs = runner.vectors(cell.model, precision, trait, cell.method)
@@ -157,26 +216,56 @@ def _steer_point(runner: CellRunner, cell: Cell, precision: str, layer: int | No
                             f"(layers {sorted(vecs)})")
         vec = vecs[layer]
     questions, template = _open_questions(runner, s, trait)
-    prompts = [Prompt((("user", q),)) for q in questions]
     jset = study.judge
     comps = {**runner.key_components(cell.model, precision), "point": {"layer": layer, "coefficient": coefficient},
              "vectors": {} if vec is None else {layer: _vhash(vec)}, "questions": questions, "template": template,
              "generation": {"max_new_tokens": s.max_new_tokens, "mode": s.mode},
              "judge": judges.describe(jset, runner.pool.model_dir), "judge_model": jset.model}
+    return comps, vec
+
+
+def _steer_point(runner: CellRunner, cell: Cell, precision: str, layer: int | None, coefficient: float,
+                 together: Sequence[Point] = ()) -> dict[str, Any]:
+    """One judged run on every open question at one operating point (``layer=None``: the unsteered baseline), with
+    the cell's own vectors at ``precision``: the quantized side of a steering cell, at the point the reference's
+    search chose. When it must be generated, the points of ``together`` not yet cached are generated in the same
+    batched call, judged and cached too (their own ``_steer_point`` then reads them), except at batch-dependent
+    precisions, where each point is generated alone, so its key needs nothing about the batch."""
+    study, s = runner.study, runner.study.steering
+    trait = study.trait(cell.trait)
+    questions, template = _open_questions(runner, s, trait)
+    prompts = [Prompt((("user", q),)) for q in questions]
+    ns = f"point/{cell.model}/{precision}"
+    comps = _point_comps(runner, cell, precision, (layer, coefficient))[0]
+
+    def judged(point: Point, texts: list[str]) -> dict[str, Any]:
+        return {"layer": point[0], "coefficient": point[1], "texts": texts,
+                **_judged(runner, template, questions, texts)}
 
     def build() -> dict[str, Any]:
         lm = runner.pool.get(cell.model, precision)
         where = "baseline" if layer is None else f"layer {layer} x{coefficient:g}"
         progress.note(f"steering {cell.model}/{precision} {trait.key}: {where}")
-        if vec is None or layer is None:
-            texts = steering.generate(lm.model, lm.tokenizer, prompts, max_new_tokens=s.max_new_tokens).texts
-        else:
-            texts = steering.generate(lm.model, lm.tokenizer, prompts, vectors={layer: vec}, coefficient=coefficient,
-                                      mode=s.mode, max_new_tokens=s.max_new_tokens).texts
-        return {"layer": layer, "coefficient": coefficient, "texts": texts,
-                **_judged(runner, template, questions, texts)}
+        points: list[Point] = [(layer, coefficient)]
+        if precision not in identity.BATCH_DEPENDENT:
+            points += [p for p in dict.fromkeys(together) if p != (layer, coefficient)
+                       and not _stored(runner, ns, _point_comps(runner, cell, precision, p)[0])]
+        specs = [_point_comps(runner, cell, precision, p) for p in points]
+        vectors = {p[0]: v for p, (_, v) in zip(points, specs) if p[0] is not None and v is not None}
+        gens = steering.generate_batched(lm.model, lm.tokenizer, prompts,
+                                         [steering.Condition(L, c if L is not None else 0.0) for L, c in points],
+                                         vectors=vectors, mode=s.mode, max_new_tokens=s.max_new_tokens,
+                                         max_rows=s.batch_rows)
+        for p, (c, _), g in zip(points[1:], specs[1:], gens[1:]):
+            _json_cached(runner, ns, c, functools.partial(judged, p, g.texts))
+        return judged((layer, coefficient), gens[0].texts)
 
-    return _json_cached(runner, f"point/{cell.model}/{precision}", comps, build)  # type: ignore[no-any-return]
+    return _json_cached(runner, ns, comps, build)  # type: ignore[no-any-return]
+
+
+def _stored(runner: CellRunner, namespace: str, components: dict[str, Any]) -> bool:
+    what, _, under = namespace.partition("/")
+    return ArtefactStore(Path(runner.cache.root)).folder(f"steering/{what}", components, under).exists()
 
 
 def _mean_at(values: Sequence[float | None], questions: Sequence[int]) -> float | None:
@@ -216,13 +305,21 @@ def steering_delta(runner: CellRunner, cell: Cell) -> CellResult:
                           f"coherence >= {s.coherence_min:g} on the selection questions {chosen_on} (best "
                           f"{best:.1f}), so there is no operating point to compare the quantized model at; judge: "
                           f"{judge_name}")
+            ci = stats.best_mean_interval([[r["coherence"][q] for q in chosen_on] for r in runs], seed=study.seed,
+                                          n_boot=study.bootstrap_n, level=study.ci_level,
+                                          what="best reference coherence")
+            if ci is not None:
+                figures.update(ci.figures("coherence_reference"))
             return _record(runner, cell, "steering", j, figures, "coherence_reference", best)
         points.append((chosen_on, scored_on, p))
     if not points:
         j = undefined("n_questions_total", float(n), band, study.fail_on, study.fail_on_inconclusive,
                       f"{n} open question: an operating point chosen on some questions needs others to score it")
+        # a count, not an estimate: its interval is the count itself
+        figures.update(n_questions_total_ci_low=float(n), n_questions_total_ci_high=float(n))
         return _record(runner, cell, "steering", j, figures, "n_questions_total", float(n))
-    q_base = _steer_point(runner, cell, cell.precision, None, 0.0)
+    together: list[Point] = [(None, 0.0), *((p["layer"], p["coefficient"]) for _, _, p in points)]
+    q_base = _steer_point(runner, cell, cell.precision, None, 0.0, together)
     ref_steered: list[float | None] = [None] * n
     q_steered: list[float | None] = [None] * n
     ref_coh: list[float | None] = [None] * n
@@ -230,7 +327,7 @@ def steering_delta(runner: CellRunner, cell: Cell) -> CellResult:
     q_runs = []
     for chosen_on, scored_on, p in points:
         ref_run = next(r for r in runs if (r["layer"], r["coefficient"]) == (p["layer"], p["coefficient"]))
-        q_run = _steer_point(runner, cell, cell.precision, p["layer"], p["coefficient"])
+        q_run = _steer_point(runner, cell, cell.precision, p["layer"], p["coefficient"], together)
         q_runs.append((ref_run, q_run))
         for qi in scored_on:
             ref_steered[qi], q_steered[qi] = ref_run["trait"][qi], q_run["trait"][qi]
@@ -260,6 +357,7 @@ def steering_delta(runner: CellRunner, cell: Cell) -> CellResult:
 
 
 def _ab_sweep(runner: CellRunner, cell: Cell, precision: str, vec_precision: str) -> dict[str, list[list[float]]]:
+    """Logit differences and p(match) of the A/B questions at every ``ab_coefficients``: ``ops.ab_sweep``."""
     study, s = runner.study, runner.study.steering
     trait = study.trait(cell.trait)
     vecs = runner.vectors(cell.model, vec_precision, trait, s.method)
@@ -267,16 +365,15 @@ def _ab_sweep(runner: CellRunner, cell: Cell, precision: str, vec_precision: str
     v = vecs[layer]
     qs = _ab_questions(study, s, trait)
     comps = {**runner.key_components(cell.model, precision), "vector": _vhash(v), "layer": layer,
-             "coefficients": s.ab_coefficients, "questions": [[p.messages, m] for p, m in qs]}
+             "coefficients": s.ab_coefficients, "questions": [[p.messages, m] for p, m in qs],
+             **_batch_key(runner, precision)}
 
     def build() -> dict[str, list[list[float]]]:
         lm = runner.pool.get(cell.model, precision)
-        out: dict[str, list[list[float]]] = {"logit_diff": [], "p_match": []}
-        for c in s.ab_coefficients:
-            r = steering.ab_logits(lm.model, lm.tokenizer, qs, vectors={layer: v}, coefficient=c)
-            out["logit_diff"].append(r.logit_diff)
-            out["p_match"].append(r.p_match)
-        return out | {"layer": [[float(layer)]]}
+        sweep = steering.ab_sweep(lm.model, lm.tokenizer, qs, s.ab_coefficients, vectors={layer: v},
+                                  max_rows=s.batch_rows)
+        return {"logit_diff": [r.logit_diff for r in sweep], "p_match": [r.p_match for r in sweep],
+                "layer": [[float(layer)]]}
 
     return _json_cached(runner, f"ab/{cell.model}/{precision}", comps, build)  # type: ignore[no-any-return]
 
@@ -352,41 +449,66 @@ def transfer(runner: CellRunner, cell: Cell) -> CellResult:
                    float(figures.get(metric, out.judgement.value)))
 
 
-def refusal(runner: CellRunner, cell: Cell) -> CellResult:
-    """Refusal rates (12 substrings) on harmful prompts with and without ablation at every layer, and on harmless
-    prompts with and without +r added at the selected layer; the effect's degradation vs the reference."""
+def _refusal_rates(runner: CellRunner, cell: Cell, precision: str) -> dict[str, Any]:
+    """One precision's refusal texts (cached) and which of them refuse, with the layer of its r."""
     study, s = runner.study, runner.study.steering
     data = json.loads(s.refusal_file(_root(study)).read_text())
     harmful = [Prompt((("user", q),)) for q in data["harmful"]]
     harmless = [Prompt((("user", q),)) for q in data["harmless"]]
+    trait = study.trait(cell.trait)
+    vecs = runner.vectors(cell.model, precision, trait, "mean_diff")
+    layer = _near(vecs, _layers(runner, cell)[0])
+    r = vecs[layer]
+    comps = {**runner.key_components(cell.model, precision), "r": _vhash(r), "layer": layer,
+             "prompts": data, "max_new_tokens": s.max_new_tokens, **_batch_key(runner, precision)}
 
-    def rates(precision: str) -> dict[str, Any]:
-        trait = study.trait(cell.trait)
-        vecs = runner.vectors(cell.model, precision, trait, "mean_diff")
-        layer = _near(vecs, _layers(runner, cell)[0])
-        r = vecs[layer]
-        comps = {**runner.key_components(cell.model, precision), "r": _vhash(r), "layer": layer,
-                 "prompts": data, "max_new_tokens": s.max_new_tokens}
+    def build() -> dict[str, Any]:
+        lm = runner.pool.get(cell.model, precision)
 
-        def build() -> dict[str, Any]:
-            lm = runner.pool.get(cell.model, precision)
+        def gen(ps: list[Prompt], conds: list[steering.Condition], **kw: Any) -> list[list[str]]:
+            return [g.texts for g in steering.generate_batched(lm.model, lm.tokenizer, ps, conds,
+                                                               max_new_tokens=s.max_new_tokens,
+                                                               max_rows=s.batch_rows, **kw)]
 
-            def gen(ps: list[Prompt], **kw: Any) -> list[str]:
-                return steering.generate(lm.model, lm.tokenizer, ps, max_new_tokens=s.max_new_tokens, **kw).texts
+        # each group's prompts with and without its intervention in one call: ablation, or +r at every position
+        out: dict[str, list[str]] = {}
+        out["harmful"], out["harmful_ablated"] = gen(
+            harmful, [steering.Condition(), steering.Condition(ablate=True)], direction=r)
+        out["harmless"], out["harmless_actadd"] = gen(
+            harmless, [steering.Condition(), steering.Condition(layer, 1.0)], vectors={layer: r},
+            from_instruction_end=False)
+        return out
 
-            out = {"harmful": gen(harmful), "harmless": gen(harmless)}
-            with steering.ablation(lm.model, r):
-                out["harmful_ablated"] = gen(harmful)
-            out["harmless_actadd"] = gen(harmless, vectors={layer: r}, coefficient=1.0,
-                                         from_instruction_end=False)
-            return out
+    texts = _json_cached(runner, f"refusal/{cell.model}/{precision}", comps, build)
+    return {"refused": {k: [float(judges.is_refusal(t)) for t in v] for k, v in texts.items()},
+            "texts": texts, "layer": layer}
 
-        texts = _json_cached(runner, f"refusal/{cell.model}/{precision}", comps, build)
-        return {"refused": {k: [float(judges.is_refusal(t)) for t in v] for k, v in texts.items()},
-                "texts": texts, "layer": layer}
 
-    quant = rates(cell.precision)
-    ref = quant if cell.precision == study.reference else rates(study.reference)
+def reference_side(runner: CellRunner, cell: Cell) -> None:
+    """What a quantized steering-kind cell reads of the reference (KindSpec.reference_side): the steering search,
+    the A/B sweep with the reference's vectors, the reference vectors a transfer cell moves, the refusal runs."""
+    ref = runner.study.reference
+    if cell.kind == "steering":
+        _steer_search(runner, cell, ref, ref)
+    elif cell.kind == "logit_diff":
+        _ab_sweep(runner, cell, ref, ref)
+    elif cell.kind == "transfer":
+        study, method = runner.study, runner.study.steering.method
+        # the early stop (gates.early_stop_cosine) reads every trait's cosine before a transfer cell runs
+        traits = [t for t in study.traits if method in t.methods] if study.gates.early_stop_cosine is not None \
+            else [study.trait(cell.trait)]
+        for trait in traits:
+            runner.vectors(cell.model, ref, trait, method)
+    elif cell.kind == "refusal":
+        _refusal_rates(runner, cell, ref)
+
+
+def refusal(runner: CellRunner, cell: Cell) -> CellResult:
+    """Refusal rates (12 substrings) on harmful prompts with and without ablation at every layer, and on harmless
+    prompts with and without +r added at the selected layer; the effect's degradation vs the reference."""
+    study, s = runner.study, runner.study.steering
+    quant = _refusal_rates(runner, cell, cell.precision)
+    ref = quant if cell.precision == study.reference else _refusal_rates(runner, cell, study.reference)
     out = stats.refusal_degradation(ref["refused"], quant["refused"], study.bands["steering_degradation"],
                                     seed=study.seed, n_boot=study.bootstrap_n, level=study.ci_level,
                                     fail_on=study.fail_on, fail_on_inconclusive=study.fail_on_inconclusive)

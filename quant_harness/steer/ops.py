@@ -4,7 +4,8 @@ Layer L means the output of decoder block L (activations.LAYER_CONVENTION), on e
 decoder blocks, which bitsandbytes and GPTQ leave in place (only their Linear layers are swapped).
 
 Where steering-vectors is used and where not:
-- ``steer(..., start=None)`` (every position of every call) is steering-vectors' ``SteeringVector.patch_activations``.
+- ``steer(..., start=None)`` (every position of every call, one coefficient for every row) is steering-vectors'
+  ``SteeringVector.patch_activations``; per-row coefficients and layers use our hook with the same arithmetic.
 - ``start=<absolute position>`` (CAA: from the end of the instruction on, every generated token included; PV: the
   last prompt token and every generated token) is our own hook. steering-vectors' ``min_token_index`` is relative to
   each forward call, so under a KV cache it never reaches a decode step (its issue #60); our hook reads the cache
@@ -15,6 +16,11 @@ Where steering-vectors is used and where not:
   that follow them on Gemma-2/3 and OLMo-2, and to every block's input and output).
 - The A/B readout scores the answer continuations ``(A``/``(B`` however the tokenizer spells them
   (``models.adapter.answer_plan``), and reads the model's own logits, so Gemma-2's soft-cap is applied.
+- Batching (``generate_batched``, ``ab_sweep``): rows of several conditions (layer, coefficient, ablation) share
+  one call. A call stacks whole conditions of the same prompts, so it pads as the one-condition call does, and the
+  hooks apply each condition's operation to its own rows only (``_on_rows``), so every row gets the arithmetic it
+  gets alone: greedy outputs equal the one-condition-at-a-time path's wherever a row's numbers do not depend on the
+  other rows of its batch (all precisions but LLM.int8, whose artefacts key on the batch bound instead).
 Hooks never modify a tensor in place (except steering-vectors' own) and are removed on exit, even on error.
 """
 
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -88,30 +94,55 @@ def _track_offset(model: Any, state: _Offset) -> Any:
     return model.register_forward_pre_hook(pre, with_kwargs=True)
 
 
+def _rows(mask: Sequence[bool] | None) -> Tensor | None:
+    """Indices of the selected batch rows (None: every row)."""
+    return None if mask is None else torch.tensor([i for i, m in enumerate(mask) if m], dtype=torch.long)
+
+
+def _on_rows(h: Tensor, rows: Tensor | None, fn: Any, *args: Any) -> Tensor:
+    """``fn(h, *args)`` on the given rows of ``h`` only (a new tensor; the other rows are ``h``'s). ``fn`` sees just
+    those rows, so each row gets exactly the arithmetic it gets in a batch of its own condition."""
+    if rows is None:
+        return fn(h, *args)  # type: ignore[no-any-return]
+    rows = rows.to(h.device)
+    return h.index_copy(0, rows, fn(h.index_select(0, rows), *args))
+
+
+def _sv_add(h: Tensor, v: Tensor, coefficient: float) -> Tensor:
+    """steering-vectors' own addition at every position (``h + 1 * (c v)`` in the vector's float32, cast back to
+    ``h``'s dtype), for rows that share a batch with other conditions: their values are ``steer``'s scalar path's."""
+    return (h + coefficient * v).to(h.dtype)
+
+
 @contextlib.contextmanager
 def steer(
     model: Any,
     vectors: dict[int, Tensor],
-    coefficient: float,
+    coefficient: float | Sequence[float],
     *,
     mode: Mode = "add",
     start: Tensor | None = None,
+    rows: Mapping[int, Sequence[bool]] | None = None,
 ) -> Iterator[None]:
     """Steer the outputs of the given blocks while the context is open.
 
     Args:
         vectors: layer -> vector (raw, not normalized: coefficients multiply it as CAA and PV do).
         coefficient: ``add``: multiplier of the vector. ``clamp``: target projection in units of the vector's norm
-            (so ``clamp`` at c on a state with no component along v equals ``add`` at c).
+            (so ``clamp`` at c on a state with no component along v equals ``add`` at c). One for every row, or one
+            per batch row, so that rows steered by different amounts share a batch.
         start: per batch row, the first absolute position to steer (None: every position).
+        rows: per layer, which batch rows it steers (None: every row), so that rows steered at different layers
+            share a batch. Each row's values are those of a batch of its own condition (``_on_rows``).
     """
     if mode not in ("add", "clamp"):
         raise ValueError(f"steering mode {mode!r}: expected add or clamp")
-    if mode == "add" and start is None:
+    coefs = None if isinstance(coefficient, (int, float)) else [float(c) for c in coefficient]
+    if mode == "add" and start is None and coefs is None and rows is None:
         from steering_vectors import SteeringVector
 
         sv = SteeringVector({int(k): v.detach().float() for k, v in vectors.items()}, "decoder_block")
-        handle = sv.patch_activations(model, multiplier=float(coefficient), min_token_index=0)
+        handle = sv.patch_activations(model, multiplier=float(coefficient), min_token_index=0)  # type: ignore[arg-type]
         try:
             yield
         finally:
@@ -121,14 +152,25 @@ def steer(
     state = _Offset()
     handles = [_track_offset(model, state)]
 
-    def hook(v: Tensor) -> Any:
+    def groups(layer: int) -> list[tuple[float, Tensor | None]]:
+        """(coefficient, rows) pairs the layer's hook applies: one per distinct coefficient of its rows."""
+        mask = None if rows is None else list(rows[layer])
+        if coefs is None:
+            return [(float(coefficient), _rows(mask))]  # type: ignore[arg-type]
+        chosen = [i for i in range(len(coefs)) if mask is None or mask[i]]
+        return [(c, torch.tensor([i for i in chosen if coefs[i] == c], dtype=torch.long))
+                for c in dict.fromkeys(coefs[i] for i in chosen)]
+
+    def hook(v: Tensor, parts: list[tuple[float, Tensor | None]]) -> Any:
         def fn(_module: Any, _inputs: Any, output: Any) -> Any:
             h, rest = _split(output)
             vec = v.to(h.device)
-            if mode == "add":
-                new = add_delta(h, vec, coefficient)
-            else:
-                new = clamp_delta(h, vec, coefficient * float(vec.norm()))
+            new = h
+            for c, sel in parts:
+                if mode == "clamp":
+                    new = _on_rows(new, sel, clamp_delta, vec, c * float(vec.norm()))
+                else:
+                    new = _on_rows(new, sel, add_delta if start is not None else _sv_add, vec, c)
             if start is not None:
                 pos = state.value + torch.arange(h.shape[-2], device=h.device)
                 mask = (pos[None, :] >= start.to(h.device)[:, None]).unsqueeze(-1)
@@ -138,7 +180,7 @@ def steer(
 
     try:
         for layer, v in vectors.items():
-            handles.append(blocks[layer].register_forward_hook(hook(v.detach().float())))
+            handles.append(blocks[layer].register_forward_hook(hook(v.detach().float(), groups(layer))))
         yield
     finally:
         for h in handles:
@@ -146,8 +188,9 @@ def steer(
 
 
 @contextlib.contextmanager
-def ablation(model: Any, direction: Tensor) -> Iterator[None]:
-    """Project ``direction`` out of the residual stream everywhere, on pre- and post-norm blocks alike.
+def ablation(model: Any, direction: Tensor, rows: Sequence[bool] | None = None) -> Iterator[None]:
+    """Project ``direction`` out of the residual stream everywhere, on pre- and post-norm blocks alike (on the
+    given batch rows only: None is every row, so ablated and plain rows can share a batch).
 
     Hooks sit on every block's input (Arditi's pre-hook on each block), on what each block writes to its residual
     stream, and on every block's output. What a block writes is found from what it computes
@@ -159,17 +202,21 @@ def ablation(model: Any, direction: Tensor) -> Iterator[None]:
     blocks = decoder_layers(model)
     writers = adapter.block_structure(model).writers
     r = unit(direction, "ablation direction")
+    sel = _rows(rows)
     handles: list[Any] = []
+
+    def cut(h: Tensor) -> Tensor:
+        return _on_rows(h, sel, ablate, r)
 
     def out_hook(_module: Any, _inputs: Any, output: Any) -> Any:
         h, rest = _split(output)
-        return _join(ablate(h, r), rest)
+        return _join(cut(h), rest)
 
     def in_hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if args:
-            return (ablate(args[0], r), *args[1:]), kwargs
+            return (cut(args[0]), *args[1:]), kwargs
         key = "hidden_states"
-        return args, {**kwargs, key: ablate(kwargs[key], r)}
+        return args, {**kwargs, key: cut(kwargs[key])}
 
     try:
         for block in blocks:
@@ -239,6 +286,91 @@ def generate(
     counters.add("generated_tokens", batching.generated_tokens(new, batching.stop_ids(model, tokenizer)))
     texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
     return Generation(texts, [len(e) for e in encoded])
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One group of rows of a batched generation: every prompt, steered at ``layer`` by ``coefficient`` (``layer``
+    None: not steered), with the ablation direction projected out where ``ablate``."""
+
+    layer: int | None = None
+    coefficient: float = 0.0
+    ablate: bool = False
+
+    def steered(self, mode: Mode) -> bool:
+        """Whether the condition adds anything (``add`` at 0 is the unsteered model, as ``generate`` treats it)."""
+        return self.layer is not None and not (self.coefficient == 0.0 and mode == "add")
+
+
+def condition_chunks(n_conditions: int, n_prompts: int, max_rows: int) -> list[range]:
+    """Conditions per batched call: as many whole conditions as fit in ``max_rows`` rows, at least one."""
+    per = max(1, max_rows // max(1, n_prompts))
+    return [range(i, min(i + per, n_conditions)) for i in range(0, n_conditions, per)]
+
+
+@contextlib.contextmanager
+def _condition_hooks(model: Any, conds: Sequence[Condition], n_prompts: int, vectors: dict[int, Tensor] | None,
+                     direction: Tensor | None, mode: Mode, start: Tensor | None) -> Iterator[None]:
+    """The per-row steering and ablation hooks of a batch of ``conds`` x ``n_prompts`` rows (condition-major)."""
+    per_row = [c for c in conds for _ in range(n_prompts)]
+    with contextlib.ExitStack() as stack:
+        if any(c.ablate for c in conds):
+            if direction is None:
+                raise CellError("an ablated condition needs an ablation direction")
+            stack.enter_context(ablation(model, direction, rows=[c.ablate for c in per_row]))
+        layers = list(dict.fromkeys(c.layer for c in conds if c.steered(mode) and c.layer is not None))
+        if layers:
+            if vectors is None or any(L not in vectors for L in layers):
+                raise CellError(f"steered conditions at layers {layers} without a vector at each")
+            rows = {L: [c.steered(mode) and c.layer == L for c in per_row] for L in layers}
+            stack.enter_context(steer(model, {L: vectors[L] for L in layers}, [c.coefficient for c in per_row],
+                                      mode=mode, start=start, rows=rows))
+        yield
+
+
+@torch.no_grad()
+def generate_batched(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    conditions: Sequence[Condition],
+    *,
+    vectors: dict[int, Tensor] | None = None,
+    direction: Tensor | None = None,
+    mode: Mode = "add",
+    from_instruction_end: bool = True,
+    max_new_tokens: int = 24,
+    max_rows: int = 64,
+) -> list[Generation]:
+    """``generate`` for several conditions at once: one Generation per condition, from as few ``generate`` calls as
+    ``max_rows`` allows (``condition_chunks``).
+
+    A call stacks whole conditions of the same prompts, so it pads exactly as ``generate`` does for one condition,
+    and each row is steered (or ablated) as in a batch of its own: greedy outputs are ``generate``'s, token for
+    token (tests/unit/test_batched_generation.py), on precisions whose rows do not interact (not LLM.int8).
+    """
+    if not prompts or not conditions:
+        raise CellError("no prompts or conditions to generate from")
+    encoded = [encode(tokenizer, p)[0] for p in prompts]
+    inst = instruction_starts(tokenizer, prompts) if from_instruction_end else None
+    pad = batching.pad_id(tokenizer)
+    stop = batching.stop_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    n = len(prompts)
+    out: list[Generation] = []
+    for chunk in condition_chunks(len(conditions), n, max_rows):
+        conds = [conditions[i] for i in chunk]
+        ids, mask, offsets = batching.left_pad(encoded * len(conds), pad)
+        start = None if inst is None else torch.tensor([o + inst[k % n] for k, o in enumerate(offsets)])
+        with _condition_hooks(model, conds, n, vectors, direction, mode, start):
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad, temperature=None, top_p=None,
+                                 top_k=None)
+        new = gen[:, ids.shape[1]:]
+        counters.add("generated_tokens", batching.generated_tokens(new, stop))
+        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
+        out.extend(Generation(texts[j * n:(j + 1) * n], [len(e) for e in encoded]) for j in range(len(conds)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -314,6 +446,10 @@ def ab_logits(
             tail = plan.tails[answers[x]]
             first = offsets[k] + len(base[i])
             scores[i][x] = float(sum(logp[k, first + j - 1, t] for j, t in enumerate(tail)))
+    return _ab_result(questions, scores)
+
+
+def _ab_result(questions: Sequence[tuple[Prompt, str]], scores: Sequence[dict[str, float]]) -> ABLogits:
     diffs, probs = [], []
     for row, (_, match) in enumerate(questions):
         other = "B" if match == "A" else "A"
@@ -323,3 +459,58 @@ def ab_logits(
     if not all(torch.isfinite(torch.tensor(diffs))):
         raise CellError("A/B logits contain NaN or inf")
     return ABLogits(diffs, probs)
+
+
+@torch.no_grad()
+def ab_sweep(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[tuple[Prompt, str]],
+    coefficients: Sequence[float],
+    *,
+    vectors: dict[int, Tensor],
+    max_rows: int = 64,
+) -> list[ABLogits]:
+    """``ab_logits`` at every coefficient, one ABLogits per coefficient, from as few forward passes as ``max_rows``
+    allows: a pass stacks whole coefficients' rows (the same prompts, so the same padding), each row steered by its
+    own coefficient; the figures are ``ab_logits``' one coefficient at a time (tests/unit/test_batched_generation.py).
+    """
+    answers = ab_answers()
+    plan = adapter.answer_plan(tokenizer, list(answers.values()))
+    prompts = [p for p, _ in questions]
+    base = [encode(tokenizer, p)[0] + list(plan.shared) for p in prompts]
+    inst = instruction_starts(tokenizer, prompts)
+    device = next(model.parameters()).device
+    pad = batching.pad_id(tokenizer)
+    if plan.single_token:
+        rows = [(i, "") for i in range(len(base))]
+        seqs = base
+    else:
+        rows = [(i, x) for i in range(len(base)) for x in answers]
+        seqs = [base[i] + list(plan.tails[answers[x]]) for i, x in rows]
+    out: list[ABLogits] = []
+    for chunk in condition_chunks(len(coefficients), len(seqs), max_rows):
+        group = [float(coefficients[i]) for i in chunk]
+        ids, mask, offsets = batching.left_pad(seqs * len(group), pad)
+        starts = torch.tensor([o + inst[rows[k % len(rows)][0]] for k, o in enumerate(offsets)])
+        per_row = [c for c in group for _ in seqs]
+        steered = [c != 0.0 for c in per_row]   # add at 0 is the unsteered model, as ab_logits treats it
+        with contextlib.ExitStack() as stack:
+            if any(steered):
+                stack.enter_context(steer(model, vectors, per_row, start=starts, rows={L: steered for L in vectors}))
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        counters.add("forward_passes")
+        for j in range(len(group)):
+            block = logits[j * len(seqs):(j + 1) * len(seqs)]
+            if plan.single_token:
+                last = block[:, -1].double().cpu()
+                scores = [{x: float(last[r, plan.tails[a][0]]) for x, a in answers.items()} for r in range(len(base))]
+            else:
+                logp = torch.log_softmax(block.double().cpu(), dim=-1)
+                scores = [{} for _ in base]
+                for k, (i, x) in enumerate(rows):
+                    tail = plan.tails[answers[x]]
+                    first = offsets[k] + len(base[i])
+                    scores[i][x] = float(sum(logp[k, first + t - 1, tok] for t, tok in enumerate(tail)))
+            out.append(_ab_result(questions, scores))
+    return out

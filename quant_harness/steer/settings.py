@@ -39,6 +39,9 @@ class SteeringSettings:
     ab_questions: int = 10
     ab_dir: str = AB_DIR
     """Folder of ``<trait>_test.json`` held-out A/B files, relative to the study root (``ab_file``)."""
+    ab_files: tuple[tuple[str, str], ...] = ()
+    """(trait key, file) pairs: a trait's held-out A/B file named outright (e.g. the CAA repository's
+    ``test/<behavior>/test_dataset_ab.json``), relative to the study root; it takes the place of ``ab_dir``'s."""
     refusal_prompts: str = REFUSAL_PROMPTS
     """``{harmful: [...], harmless: [...]}`` for the refusal cells, relative to the study root (``refusal_file``)."""
     samples: int = 2
@@ -52,6 +55,9 @@ class SteeringSettings:
     mode: Literal["add", "clamp"] = "add"
     """Steering cells: ``add`` the vector x coefficient, or ``clamp`` the projection on it to coefficient x |v|
     (the SAE seed's clamp, which keeps high scales from blowing up activations)."""
+    batch_rows: int = 64
+    """Most rows (condition x prompt) one batched ``generate`` or A/B forward pass of a steering cell holds: its
+    memory bound. Greedy outputs do not depend on it (except at LLM.int8, where it enters the cache keys)."""
 
     def layers_for(self, n_layers: int) -> tuple[int, ...]:
         """The candidate layers of a model of ``n_layers`` blocks (``round(f * n_layers)`` for a fraction f)."""
@@ -64,6 +70,9 @@ class SteeringSettings:
     def ab_file(self, root: Path, trait: str) -> Path:
         """The held-out A/B file of ``trait``: ``<ab_dir>/<trait>_test.json`` against the study root; with the default
         ``ab_dir``, the file shipped in quant_harness/data/ab_questions when the root has none (it may not exist)."""
+        named = dict(self.ab_files).get(trait)
+        if named is not None:
+            return resolve(named, root)
         name = f"{trait}_test.json"
         f = resolve(self.ab_dir, root) / name
         return data.study_or_shipped(f, "ab_questions", name) if self.ab_dir == AB_DIR else f
@@ -82,6 +91,7 @@ _KEYS: dict[str, Any] = {
     "layers": list, "coefficient": (int, float), "search_steps": int, "coherence_min": (int, float),
     "questions": int, "max_new_tokens": int, "ab_coefficients": list, "ab_questions": int, "ab_dir": str,
     "refusal_prompts": str, "samples": int, "method": str, "mode": str, "traits": list, "methods": list,
+    "batch_rows": int, "ab_files": dict,
 }
 
 
@@ -95,10 +105,16 @@ def parse(ctx: SectionContext, table: object) -> SteeringSettings:
     if len(coefs) < 2 or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coefs):
         raise StudyError(path, "steering.ab_coefficients", coefs, "a list of at least two numbers")
     out["ab_coefficients"] = tuple(float(c) for c in coefs)
-    for key in ("search_steps", "questions", "max_new_tokens", "ab_questions"):
+    for key in ("search_steps", "questions", "max_new_tokens", "ab_questions", "batch_rows"):
         if key in out and out[key] < 1:
             raise StudyError(path, f"steering.{key}", out[key], "a positive integer")
     known = ctx.trait_keys
+    if "ab_files" in out:
+        for trait, f in out["ab_files"].items():
+            if trait not in known or not isinstance(f, str) or not f:
+                raise StudyError(path, f"steering.ab_files.{trait}", f, f"a file path, for a trait among "
+                                                                        f"{', '.join(known)}")
+        out["ab_files"] = tuple(sorted(out["ab_files"].items()))
     if "traits" in out:
         if not all(t in known for t in out["traits"]):
             raise StudyError(path, "steering.traits", out["traits"], f"trait keys among {', '.join(known)}")

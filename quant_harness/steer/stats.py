@@ -13,12 +13,16 @@ Every function takes per-question (per-prompt) values at the reference and at th
   p(match) shift not clearly larger than ``MIN_P_SHIFT``, leaves nothing to compare);
 * the banded figure's interval lies in one band (quant_harness.metrics.confidence.classify_interval).
 
+Every Outcome's figures carry the interval of the figure its record leads with (``<figure>_ci_low``/``_ci_high``),
+also when a gate decides: the interval is computed before the gates, which then only decide the verdict.
+
 Pure functions of arrays: no model, no cache, no study. quant_harness.steer.cells calls them with cached
 generations and A/B sweeps; tests/unit/test_calibration_steering.py runs them on synthetic data.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -168,14 +172,15 @@ def steering_degradation(ref_base: Sequence[float | None], ref_steered: Sequence
     delta_ref, delta_q = float(d_ref.mean()), float(d_q.mean())
     figures.update(delta=delta_q, delta_reference=delta_ref, baseline_trait=float(qb.mean()),
                    baseline_trait_reference=float(rb.mean()))
-    if n < min_units:
-        return Outcome(_inconclusive("delta", delta_q, band, _too_few(n, "scored questions", min_units), fail_on,
-                                     fail_on_inconclusive), None, figures)
+    # the intervals come first: a record carries its headline figure's interval even when a gate decides
     idx = draws(n, n_boot=n_boot, rng=np.random.default_rng(seed))
     R, Q = d_ref[idx].mean(axis=1), d_q[idx].mean(axis=1)
     ref_i = _interval(delta_ref, R, level, seed, "reference steering delta")
     q_i = _interval(delta_q, Q, level, seed, "steering delta")
     figures.update(ref_i.figures("delta_reference"), **q_i.figures("delta"))
+    if n < min_units:
+        return Outcome(_inconclusive("delta", delta_q, band, _too_few(n, "scored questions", min_units), fail_on,
+                                     fail_on_inconclusive), None, figures)
     reason = (f"the reference is not shown to be steered by its own vector: its judged delta over the unsteered "
               f"baseline on the {n} scored questions is {delta_ref:.2f} with {level:.0%} interval "
               f"{ref_i.low:.2f}..{ref_i.high:.2f}, which does not clear 0, so there is no effect to degrade")
@@ -194,6 +199,22 @@ def _degradation_outcome(effect: str, ref_point: float, q_point: float, R: Any, 
     deg = _interval(point, reps, level, seed, what)
     figures.update({"degradation": point, **deg.figures("degradation")})
     return Outcome(_banded("steering_degradation", deg, band, fail_on, fail_on_inconclusive), deg, figures)
+
+
+def best_mean_interval(runs: Sequence[Sequence[float | None]], *, seed: int, n_boot: int = 1000,
+                       level: float = 0.95, what: str = "best mean") -> Interval | None:
+    """The interval of the largest of several runs' means (``runs[r][q]``, None: unscored), each resample of the
+    questions taking the largest again (None: no run has a scored question)."""
+    vals = np.array([[np.nan if x is None else float(x) for x in r] for r in runs], dtype=np.float64)
+    if vals.size == 0 or not np.isfinite(vals).any():
+        return None
+    with warnings.catch_warnings():   # all-unscored runs and resamples: NaN, left out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        point = float(np.nanmax(np.nanmean(vals, axis=1)))
+        idx = draws(vals.shape[1], n_boot=n_boot, rng=np.random.default_rng(seed))
+        reps = np.nanmax(np.nanmean(vals[:, idx], axis=2), axis=0)
+    reps = reps[np.isfinite(reps)]
+    return _interval(point, reps, level, seed, what) if reps.size else None
 
 
 def choose_point(runs: Sequence[Mapping[str, Any]], baseline: Mapping[str, Any], questions: Sequence[int],
@@ -262,11 +283,18 @@ def logit_agreement(reference: np.ndarray | Sequence[Sequence[float]], quantized
     if np.isfinite(r_point):
         figures["logit_corr"] = r_point
     shown = r_point if np.isfinite(r_point) else 0.0
+    idx = draws(n, n_boot=n_boot, rng=np.random.default_rng(seed))
+    SR, SQ = s_ref[idx], s_q[idx]
+    reps = _rows_pearson(SR, SQ)
+    finite = reps[np.isfinite(reps)]
+    # the headline's interval is recorded whenever the correlation and some resample's are defined, also when a
+    # gate below decides the verdict (resamples without spread are left out: n_boot_undefined counts them)
+    corr = _interval(r_point, finite, level, seed, "logit_corr") if np.isfinite(r_point) and finite.size else None
+    if corr is not None:
+        figures.update(corr.figures("logit_corr"))
     if n < min_units:
         return Outcome(_inconclusive("logit_corr", shown, band, _too_few(n, "A/B questions", min_units), fail_on,
                                      fail_on_inconclusive), None, figures)
-    idx = draws(n, n_boot=n_boot, rng=np.random.default_rng(seed))
-    SR, SQ = s_ref[idx], s_q[idx]
     shift_i = _interval(float(p_shift.mean()), p_shift[idx].mean(axis=1), level, seed, "reference p(match) shift")
     st_ref = _interval(float(s_ref.mean()), SR.mean(axis=1), level, seed, "reference steerability")
     st_q = _interval(float(s_q.mean()), SQ.mean(axis=1), level, seed, "steerability")
@@ -288,16 +316,13 @@ def logit_agreement(reference: np.ndarray | Sequence[Sequence[float]], quantized
         reason = "the per-question steerability slopes do not vary at one precision, so their correlation is undefined"
         return Outcome(_inconclusive("logit_corr", shown, band, reason, fail_on, fail_on_inconclusive), None,
                        figures)
-    reps = _rows_pearson(SR, SQ)
     undefined = int((~np.isfinite(reps)).sum())
     figures["n_boot_undefined"] = undefined
-    if undefined > (1.0 - level) / 2.0 * n_boot:
+    if undefined > (1.0 - level) / 2.0 * n_boot or corr is None:
         reason = (f"in {undefined} of {n_boot} resamples the per-question slopes have no spread at one precision, "
                   f"so the correlation's interval is undefined")
         return Outcome(_inconclusive("logit_corr", r_point, band, reason, fail_on, fail_on_inconclusive), None,
                        figures)
-    corr = _interval(r_point, reps[np.isfinite(reps)], level, seed, "logit_corr")
-    figures.update(corr.figures("logit_corr"))
     return Outcome(_banded("logit_corr", corr, band, fail_on, fail_on_inconclusive), corr, figures)
 
 
@@ -324,15 +349,15 @@ def transfer_ratio(own: np.ndarray | Sequence[Sequence[float]], moved: np.ndarra
         **_common(n_boot, level, f"{n_boot} bootstrap resamples of the {n} A/B questions, the same resample under "
                                  "the quantized model's own vectors and the reference's"),
     }
-    if n < min_units:
-        return Outcome(_inconclusive("steerability_own", float(s_own.mean()), band,
-                                     _too_few(n, "A/B questions", min_units), fail_on, fail_on_inconclusive),
-                       None, figures)
     idx = draws(n, n_boot=n_boot, rng=np.random.default_rng(seed))
     O, M = s_own[idx].mean(axis=1), s_moved[idx].mean(axis=1)
     own_i = _interval(float(s_own.mean()), O, level, seed, "own steerability")
     moved_i = _interval(float(s_moved.mean()), M, level, seed, "steerability with the reference's vectors")
     figures.update(own_i.figures("steerability_own"), **moved_i.figures("steerability_reference_vectors"))
+    if n < min_units:
+        return Outcome(_inconclusive("steerability_own", float(s_own.mean()), band,
+                                     _too_few(n, "A/B questions", min_units), fail_on, fail_on_inconclusive),
+                       None, figures)
     if not _excludes_zero(own_i):
         reason = (f"the quantized model's own vector does not move its A/B logit difference distinguishably from 0 "
                   f"(mean slope {own_i.point:.3g} per unit coefficient, {level:.0%} interval {own_i.low:.3g}.."
@@ -386,9 +411,8 @@ def refusal_degradation(reference: Mapping[str, Sequence[float]], quantized: Map
                                  "(each group on its own, a prompt's conditions together), the same prompts at the "
                                  "reference and the quantized precision"),
     }
-    if min(n_h, n_l) < min_units:
-        return Outcome(_inconclusive("effect", e_q, band, _too_few(min(n_h, n_l), "prompts in a group", min_units),
-                                     fail_on, fail_on_inconclusive), None, figures)
+    if min(n_h, n_l) == 0:
+        raise CellError(f"refusal prompts: {n_h} harmful and {n_l} harmless; expected some of each")
     rng = np.random.default_rng(seed)
     ih, il = draws(n_h, n_boot=n_boot, rng=rng), draws(n_l, n_boot=n_boot, rng=rng)
     R = ab_r[ih].mean(axis=1) + add_r[il].mean(axis=1)
@@ -396,6 +420,9 @@ def refusal_degradation(reference: Mapping[str, Sequence[float]], quantized: Map
     ref_i, q_i = _interval(e_ref, R, level, seed, "reference refusal effect"), _interval(e_q, Q, level, seed,
                                                                                          "refusal effect")
     figures.update(ref_i.figures("effect_reference"), **q_i.figures("effect"))
+    if min(n_h, n_l) < min_units:
+        return Outcome(_inconclusive("effect", e_q, band, _too_few(min(n_h, n_l), "prompts in a group", min_units),
+                                     fail_on, fail_on_inconclusive), None, figures)
     reason = (f"the reference shows no refusal effect to degrade: ablating the direction and adding it change its "
               f"refusal rates by {e_ref:+.2f} in all ({level:.0%} interval {ref_i.low:+.2f}..{ref_i.high:+.2f} "
               f"over resamples of its {n_h}+{n_l} prompts, not above 0)")

@@ -153,20 +153,25 @@ class ArtefactStore:
             return self._checked(d, components, codec)
 
     def get_or_build(self, kind: str, components: Mapping[str, Any], build: Callable[[], V], codec: Codec[V, R], *,
-                     under: str = "", legacy: Callable[[], tuple[V, Path] | None] | None = None) -> Artefact[R]:
+                     under: str = "", legacy: Callable[[], tuple[V, Path] | None] | None = None,
+                     accept: Callable[[Artefact[R]], bool] | None = None) -> Artefact[R]:
         """The entry, built by ``build`` when missing or damaged: the first process to take the lock builds it, the
         others wait for the lock and then read what it wrote.
 
         ``legacy`` finds the same result in a layout from before the store (the value and its old file or folder):
         it is adopted instead of built, counted as a hit, and the old copy removed once the entry is written.
+        ``accept`` says whether a sound entry is enough for this request (an activation entry holding too few
+        layers is not): one it rejects is replaced by what ``build`` makes, under the lock, as a miss.
         """
         d = self.folder(kind, components, under)
         try:
             found = self._read(d, components, codec, hit=True)
+            if accept is not None and not accept(found):
+                raise FileNotFoundError(d)
         except (FileNotFoundError, CacheError):
             with self._lock(d):
                 checked = self._checked(d, components, codec)
-                if checked is None:
+                if checked is None or (accept is not None and not accept(checked)):
                     return self._build(d, kind, components, build, codec, legacy)
                 found = checked
         counters.add_cache(kind, hit=True)

@@ -220,16 +220,20 @@ def check_cell_files(study: Study, selected: Sequence[Cell]) -> None:
         where = f"traits[{i}]"
         if trait.key in ab_traits and trait.methodology == "caa":
             f = s.ab_file(root, trait.key)
+            key, value = ((f"steering.ab_files.{trait.key}", dict(s.ab_files)[trait.key])
+                          if trait.key in dict(s.ab_files) else ("steering.ab_dir", s.ab_dir))
+            if not f.is_file() and key != "steering.ab_dir":
+                raise StudyError(path, key, value, f"an existing held-out A/B file (looked at {f})")
             if not f.is_file():
-                raise StudyError(path, "steering.ab_dir", s.ab_dir,
+                raise StudyError(path, key, value,
                                  f"a folder holding {trait.key}_test.json, the held-out A/B questions of trait "
                                  f"{trait.key} (looked at {f}); write one (CAA schema) or set [steering] ab_dir")
             try:
                 ab = datasets.load_caa(f)
             except DatasetError as e:
-                raise StudyError(path, "steering.ab_dir", s.ab_dir, f"a usable held-out A/B file ({e})") from e
+                raise StudyError(path, key, value, f"a usable held-out A/B file ({e})") from e
             if len(ab.pos) < 2:
-                raise StudyError(path, "steering.ab_dir", s.ab_dir,
+                raise StudyError(path, key, value,
                                  f"at least 2 usable A/B questions in {f} (found {len(ab.pos)})")
             shared = sorted(_user_texts(ab) & _user_texts(datasets.load(trait.format, trait.dataset, trait.limit)))
             if shared:

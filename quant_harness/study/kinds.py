@@ -57,6 +57,13 @@ class KindSpec:
     direction. Baselines gate figures this way and the ranking turns headlines into degradations with it; a figure
     not named here is noted, never gated (a test checks that every figure the kinds record is named)."""
 
+    judged: bool = False
+    """Whether its cells ask the study's LLM judge: skipped with the reason where that judge cannot be reached."""
+    reference_side: str = ""
+    """``"module:function"`` building, into the cache, what a quantized cell of this kind reads of the reference
+    precision (its activations, steering search, A/B sweep, ...); run in the reference's phase
+    (quant_harness.runner.StudyRunner.prepare) so that no quantized group loads the reference. Empty: nothing."""
+
     def direction(self, figure: str) -> int:
         """The direction of ``figure`` (an interval end ``x_ci_low`` goes the way of ``x``)."""
         return self.directions.get(figure_base(figure), 0)
@@ -81,6 +88,12 @@ class KindSpec:
         result: CellResult = getattr(importlib.import_module(module), name)(runner, cell)
         return result
 
+    def prepare(self, runner: CellRunner, cell: Cell) -> None:
+        """Build the reference side of a quantized cell (``reference_side``) into the cache."""
+        if self.reference_side:
+            module, _, name = self.reference_side.partition(":")
+            getattr(importlib.import_module(module), name)(runner, cell)
+
 
 _CI_ENDS = ("_ci_low", "_ci_high")
 
@@ -98,9 +111,9 @@ def _refusal_subjects(study: Study, _model: str) -> list[str]:
         [t.key for t in study.traits if t.name == "refusal"]
 
 
-def _benchmark_subjects(study: Study, _model: str) -> list[str]:
+def _benchmark_subjects(study: Study, model: str) -> list[str]:
     settings: BenchmarkSettings = study.benchmarks
-    return settings.names()
+    return settings.names(model)
 
 
 def _sae_subjects(study: Study, model: str) -> list[str]:
@@ -112,6 +125,8 @@ def _steering_selects(study: Study, trait: TraitSpec, method: str) -> bool:
 
 
 _STEERING = "steering_comparison.json"
+_ACTIVATIONS = "quant_harness.extract.vectors:reference_side"
+_STEER_REFERENCE = "quant_harness.steer.cells:reference_side"
 _COUNTS = {"n_layers": 0, "n_questions": 0, "n_prompts": 0, "n_texts": 0, "n_docs": 0, "n_train": 0, "n_val": 0,
            "layer": 0, "unscored": 0, "val_fraction": 0, "ci_level": 0, "n_boot": 0}
 """Counts and settings recorded beside the figures: they have no better or worse."""
@@ -144,27 +159,30 @@ _SAE = {"topk_jaccard": 1, "active_kept": 1, "shared_corr": 1, "fvu_reference": 
 
 KINDS: dict[str, KindSpec] = {k.name: k for k in (
     KindSpec("vectors", "quant_harness.extract.vectors:vector_comparison", "vector_comparison.json", "cosine",
-             banded={"cosine_mean": 1}, directions={**_COUNTS, **_VECTORS}),
+             banded={"cosine_mean": 1}, directions={**_COUNTS, **_VECTORS}, reference_side=_ACTIVATIONS),
     KindSpec("probes", "quant_harness.extract.probes:probe_comparison", "probe_comparison.json", "auroc_drop",
              reference=True, methods=("mean_diff", "probe", "pca", "file"),
-             banded={"auroc": 1, "auroc_drop": 1}, directions={**_COUNTS, **_PROBES}),
+             banded={"auroc": 1, "auroc_drop": 1}, directions={**_COUNTS, **_PROBES}, reference_side=_ACTIVATIONS),
     KindSpec("steering", "quant_harness.steer.cells:steering_delta", _STEERING, "steering_degradation",
              methods=("mean_diff", "file"), methodologies=("caa", "pv"), select=_steering_selects,
-             section="steering", banded={"degradation": 1}, directions={**_COUNTS, **_STEERING_FIGURES}),
+             section="steering", banded={"degradation": 1}, directions={**_COUNTS, **_STEERING_FIGURES},
+             judged=True, reference_side=_STEER_REFERENCE),
     KindSpec("logit_diff", "quant_harness.steer.cells:logit_diff", _STEERING, "logit_corr",
              methods=("mean_diff",), methodologies=("caa",), section="steering",
-             banded={"logit_corr": 1}, directions={**_COUNTS, **_LOGIT_DIFF}),
+             banded={"logit_corr": 1}, directions={**_COUNTS, **_LOGIT_DIFF}, reference_side=_STEER_REFERENCE),
     KindSpec("transfer", "quant_harness.steer.cells:transfer", _STEERING, "steering_degradation",
              methods=("mean_diff",), methodologies=("caa",), section="steering",
-             banded={"transfer_ratio": -1}, directions={**_COUNTS, **_TRANSFER}),
+             banded={"transfer_ratio": -1}, directions={**_COUNTS, **_TRANSFER}, reference_side=_STEER_REFERENCE),
     KindSpec("refusal", "quant_harness.steer.cells:refusal", _STEERING, "steering_degradation",
              reference=True, per_model=_refusal_subjects, section="steering",
-             banded={"degradation": 1}, directions={**_COUNTS, **_REFUSAL}),
+             banded={"degradation": 1}, directions={**_COUNTS, **_REFUSAL}, reference_side=_STEER_REFERENCE),
     KindSpec("benchmarks", "quant_harness.bench.lm_eval:benchmark_comparison", "benchmark_comparison.json",
              "accuracy_drop", reference=True, per_model=_benchmark_subjects, section="benchmarks",
-             banded={"accuracy_drop": 1}, directions={**_COUNTS, **_BENCHMARKS}),
+             banded={"accuracy_drop": 1}, directions={**_COUNTS, **_BENCHMARKS},
+             reference_side="quant_harness.bench.lm_eval:reference_side"),
     KindSpec("sae", "quant_harness.sae.cells:sae_comparison", "sae_comparison.json", "sae_overlap",
-             per_model=_sae_subjects, section="sae", banded={"topk_jaccard": 1}, directions={**_COUNTS, **_SAE}),
+             per_model=_sae_subjects, section="sae", banded={"topk_jaccard": 1}, directions={**_COUNTS, **_SAE},
+             reference_side="quant_harness.sae.cells:reference_side"),
 )}
 """Every kind of cell, in the order reports list them."""
 

@@ -21,7 +21,7 @@ from quant_harness.judge import settings as judge_settings
 from quant_harness.metrics.verdicts import DEFAULT_BANDS, FAIL_ON, Band
 from quant_harness.models.cards import ModelCard, load_card
 from quant_harness.models.registry import PRECISIONS
-from quant_harness.report import settings as baseline_settings
+from quant_harness.report import gates as gate_settings, settings as baseline_settings
 from quant_harness.sae import settings as sae_settings
 from quant_harness.steer import settings as steer_settings
 from quant_harness.study import files
@@ -34,6 +34,7 @@ SECTIONS: dict[str, Callable[[SectionContext, object], Any]] = {
     "steering": steer_settings.parse,
     "benchmarks": bench_settings.parse,
     "sae": sae_settings.parse,
+    "gates": gate_settings.parse,
 }
 """Optional top-level tables, each parsed by the module that owns it (one parser, called only from here)."""
 

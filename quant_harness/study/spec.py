@@ -9,6 +9,7 @@ from quant_harness.bench.settings import BenchmarkSettings
 from quant_harness.judge.settings import JudgeSettings
 from quant_harness.metrics.verdicts import Band, Verdict
 from quant_harness.models.cards import ModelCard
+from quant_harness.report.gates import GateSettings
 from quant_harness.report.settings import BaselineSettings
 from quant_harness.sae.settings import SaeSettings
 from quant_harness.steer.settings import SteeringSettings
@@ -108,6 +109,8 @@ class Study:
     benchmarks: BenchmarkSettings = field(default_factory=BenchmarkSettings.empty)
     sae: SaeSettings | None = None
     baselines: BaselineSettings = BaselineSettings()
+    gates: GateSettings = GateSettings()
+    """The plan's Checkpoint 1 gates, INVESTIGATE / DISCARD flags and early stop (``[gates]``)."""
     root: Path | None = None
     """Where the study's relative paths resolve (``[study] root``; default the study file's folder)."""
 

@@ -1,7 +1,7 @@
 """Twins of the seven study models for the conformance matrix, and the matrix itself in the test report.
 
 ``twin(name)`` builds (once, cached under ``.quant_cache/twins/``) the tiny random-weight twin of a study model from
-``../shared/data/model_twins`` (tests/twins.py) and writes its card; ``loaded(name, precision)`` loads it through the
+``../shared/data/model_twins`` (quant_harness.models.twins) and writes its card; ``loaded(name, precision)`` loads it through the
 library's own loader (``models.precision.load``: the card/config check, the bnb configs) once per session.
 
 Every test here is parametrized by ``name`` (a twin) and, where a model runs, ``precision``; its function name
@@ -13,14 +13,12 @@ and printed at the end of the run as a twin x kind table (``ok``, or the error),
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import twins
+from quant_harness.models import twins
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = twins.data_dir(REPO)

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import torch
-import twins  # tests/twins.py (conftest.py puts tests/ on the path)
 
 from quant_harness.extract import activations, rollouts
 from quant_harness.extract.datasets import Prompt, load_arditi, load_caa, load_pv
 from quant_harness.extract.methods import METHODS
 from quant_harness.extract.positions import parse_position
-from quant_harness.models import adapter
+from quant_harness.models import adapter, twins
+from tests.studies import study_text
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = twins.data_dir(REPO)
@@ -557,27 +557,11 @@ def test_pv_record(twin: Any, name: str, tmp_path: Path) -> None:
 
     t = twin(name)
     study = tmp_path / "s.toml"
-    study.write_text(f"""
-[study]
-name = "conformance"
-root = "{REPO}"
-cards_dir = "{t.card_dir}"
-reference = "fp32"
-precisions = ["fp32"]
-methods = ["mean_diff"]
-fail_on = "never"
-
-[models.{name}]
-card = "{name}"
-
-[[traits]]
-methodology = "pv"
-name = "sycophantic"
-dataset = "{REPO}/fixtures/traits/pv_sycophantic.json"
-limit = 1
-layers = [1]
-max_new_tokens = 3
-""")
+    study.write_text(study_text(
+        {"name": "conformance", "root": str(REPO), "cards_dir": str(t.card_dir), "reference": "fp32",
+         "precisions": ["fp32"], "methods": ["mean_diff"], "fail_on": "never"}, {name: name},
+        [{"methodology": "pv", "name": "sycophantic", "dataset": f"{REPO}/fixtures/traits/pv_sycophantic.json",
+          "limit": 1, "layers": [1], "max_new_tokens": 3}]))
     s = load(study)
     runner = StudyRunner(s, tmp_path / "cache", tmp_path / "models")
     try:

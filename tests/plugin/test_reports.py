@@ -138,13 +138,19 @@ def test_html_report_renders_in_headless_chromium(pytester: pytest.Pytester, tin
     result = _run(pytester, tiny)
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     reports = pytester.path / "reports"
-    for page in ("report.html", "summary.html"):
+    cell_page = f"plots/{MEAN_DIFF}.html"
+    for page in ("report.html", "summary.html", cell_page):
         url = (reports / page).as_uri() + "?collapsed="  # pytest-html: expand every cell's details
         dom = _browser(exe, pytester.path, "--dump-dom", url)
         assert dom.returncode == 0, dom.stderr[-2000:]
-        assert 'class="qh-table quant-summary-table"' in dom.stdout, page
-        assert "caa_sycophancy-mean_diff" in dom.stdout and "data:image/png;base64," in dom.stdout
-        shot = pytester.path / f"{page}.png"
+        # plots are files beside the page, loaded lazily; every summary cell links to its plots' page
+        srcs = re.findall(r'<img loading="lazy"[^>]*? src="([^"]+\.png)"', dom.stdout)
+        assert srcs and all((reports / page).parent.joinpath(src).is_file() for src in srcs), page
+        assert "data:image/png" not in dom.stdout and "caa_sycophancy-mean_diff" in dom.stdout
+        if page != cell_page:
+            assert 'class="qh-table quant-summary-table"' in dom.stdout, page
+            assert f'<a href="{cell_page}">plots</a>' in dom.stdout, page
+        shot = pytester.path / f"{Path(page).name}.png"
         done = _browser(exe, pytester.path, "--window-size=1280,2000", f"--screenshot={shot}", url)
         assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
         from matplotlib.image import imread

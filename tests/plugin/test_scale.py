@@ -163,6 +163,40 @@ def test_plan_of_the_full_grid(pytester: pytest.Pytester, monkeypatch: pytest.Mo
     assert "passed" not in out and not (pytester.path / "reports").exists()
 
 
+def test_plan_of_every_kind_fits_8x80gb_with_references_loaded_first(pytester: pytest.Pytester,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's full grid (every case module) on slots 0;1;2;3;4,5;6,7 of 80 GB: each group's peak is its own model
+    (the pool evicts the reference first), every group fits, each model's reference group loads before its quantized
+    groups, and the estimate is when the last group ends."""
+    monkeypatch.setenv("QUANT_HARNESS_DATA", str(pytester.path / "no-data-here"))
+    study = REPO / "cases" / "studies" / "quant-sensitivity.toml"
+    result = pytester.runpytest(str(REPO / "cases"), "-p", "quant_harness.plugin", "--quant-study", str(study),
+                                "--quant-cache-dir", str(pytester.path / "cache"), "--quant-plan",
+                                "--quant-gpus", "0;1;2;3;4,5;6,7", "--quant-gpu-mem", "80",
+                                "--rootdir", str(pytester.path), "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.OK
+    out = result.stdout.str()
+    assert "warning" not in out and "OVER" not in out
+    rows = {r[0]: r for line in out.splitlines() if (r := line.split()) and r[0].count("-") >= 2
+            and r[-1].startswith("[")}
+    assert len(rows) == 26
+    vram, peak, start, hours = ({g: float(r[i]) for g, r in rows.items()} for i in (3, 4, -4, -3))
+    assert peak == vram and 156 < peak["llama-70b-bf16"] < 160
+    for g in rows:
+        model, precision = g.rsplit("-", 1)
+        if precision != "bf16":   # after its reference group ends (0.05: the table's rounding to 0.1 h)
+            assert start[g] >= start[f"{model}-bf16"] + hours[f"{model}-bf16"] - 0.05, g
+    orders = {w.rstrip(":"): rest.split(" -> ") for line in out.splitlines()
+              if line.startswith("  gw") and ": " in line for w, rest in [line.strip().split(" ", 1)]}
+    for order in orders.values():
+        for i, g in enumerate(order):
+            if not g.endswith("-bf16"):
+                assert f"{g.rsplit('-', 1)[0]}-bf16" not in order[i:], order
+    wall = max(start[g] + hours[g] for g in rows)
+    line = next(x for x in out.splitlines() if x.startswith("estimate: ~"))
+    assert float(line.split("~")[1].split(" h")[0]) == pytest.approx(wall, abs=0.15)
+
+
 def test_plan_skips_a_model_that_fits_no_slot(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUANT_HARNESS_DATA", str(pytester.path))
     study = REPO / "cases" / "studies" / "quant-sensitivity.toml"

@@ -172,11 +172,11 @@ def test_activation_keys_hold_the_extraction_version(tmp_path: Path, monkeypatch
     runner = StudyRunner(s, tmp_path / "cache", tmp_path / "models")
     seen: list[dict[str, Any]] = []
 
-    def capture(namespace: str, components: dict[str, Any], build: Any) -> Any:
+    def capture(namespace: str, components: dict[str, Any], layers: Any, build: Any, examples: Any = None) -> Any:
         seen.append(components)
         return object()
 
-    monkeypatch.setattr(runner.cache, "get_or_build", capture)
+    monkeypatch.setattr(runner.cache, "covering", capture)
     trait = s.traits[0]
     runner.activations("smollm2-135m", "int8", trait)
     c = seen[0]

@@ -238,8 +238,10 @@ def test_steering_cell_scores_each_half_at_the_point_the_other_half_chose(monkey
                            run(12, 8.0, good_on_b, [80.0] * n)]}
     quant_points: list[tuple[int | None, float]] = []
 
-    def steer_point(runner: Any, cell: Any, precision: str, layer: int | None, coefficient: float) -> dict[str, Any]:
+    def steer_point(runner: Any, cell: Any, precision: str, layer: int | None, coefficient: float,
+                    together: Any = ()) -> dict[str, Any]:
         quant_points.append((layer, coefficient))
+        assert (layer, coefficient) in together   # the cell asks for its points to be generated together
         if layer is None:
             return run(None, 0.0, [5.0] * n, [90.0] * n)
         return run(layer, coefficient, [42.0] * n, [70.0] * n)

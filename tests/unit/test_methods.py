@@ -57,3 +57,64 @@ def test_nan_activations_are_an_error() -> None:
     pos[0, 0] = float("nan")
     with pytest.raises(CellError, match="NaN"):
         mean_diff(pos, neg)
+
+
+def _letter_axis_pairs(tilt: float, n: int = 24, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """CAA-like pairs ``[n, 1, d]`` whose differences spread along e0 in both directions (the answer letter, balanced
+    so it has no mean) with a small mean along e1 (the trait): PC1 is e0, tilted toward e1 by ``tilt`` per unit."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=n) * 3.0
+    a -= a.mean()
+    delta = np.zeros((n, 1, d))
+    delta[:, 0, 0] = a
+    delta[:, 0, 1] = 0.5 + tilt * a
+    neg = rng.normal(size=(n, 1, d))
+    return torch.from_numpy(neg + delta), torch.from_numpy(neg)
+
+
+def test_a_pca_axis_orthogonal_to_the_mean_difference_is_compared_as_an_axis_not_flipped() -> None:
+    """The default study's int8 caa_refusal pca read -0.997 at layer 19: PC1 at cos 0.005 with the mean difference,
+    so signing each precision to it flipped the same axis. Here the reference's PC1 leans +0.02 toward the mean
+    difference and the quantized one -0.02: the comparison reads the axes' agreement, and the check records the
+    flip that signing to the mean difference alone would have made."""
+    from quant_harness.extract import methods
+    from quant_harness.metrics import resample
+    from quant_harness.metrics.verdicts import DEFAULT_BANDS
+
+    rp, rn = _letter_axis_pairs(0.02)
+    qp, qn = _letter_axis_pairs(-0.02)
+    a = resample.vector_agreement(rp, rn, qp, qn, methods.pca_resampled, DEFAULT_BANDS["cosine"], seed=0,
+                                  n_boot=100, align_to_mean_diff=True)
+    md = (rp[:, 0].mean(0) - rn[:, 0].mean(0)).double()
+    share, signed_each = methods.pca_sign_check(a.reference[0], a.quantized[0], md)
+    assert a.cosine[0] > 0.99, "the axes agree; no sign flip is reported as anti-alignment"
+    assert abs(share) < 0.1 and signed_each < -0.99, "signing each precision to the mean difference flips it"
+    assert float(a.reference[0].double() @ md) > 0, "the reference vector keeps the mean difference's sign"
+
+
+def test_a_negative_cosine_of_mean_difference_signed_pca_vectors_is_always_an_unpinned_sign() -> None:
+    """``pca_sign_check``'s docstring bound, on 1000 seeded random cases in 8 dimensions (where flips are common):
+    whenever the mean-difference-signed cosine c is negative, tan(angle between the axes) >= |cos(PC1, mean diff)|,
+    i.e. the mean difference does not pin the sign; and the two figures are the ones it names."""
+    from quant_harness.extract.methods import pca_sign_check
+
+    g = torch.Generator().manual_seed(0)
+    flips = 0
+    for _ in range(1000):
+        v, m = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+        v = v if float(v @ m) >= 0 else -v
+        w = v + 0.4 * torch.randn(8, generator=g, dtype=torch.float64)
+        share, c = pca_sign_check(v, w, m)
+        assert share == pytest.approx(float(v @ m / (v.norm() * m.norm())), abs=1e-12)
+        assert abs(abs(c) - abs(float(v @ w / (v.norm() * w.norm())))) < 1e-12
+        if c < 0:
+            flips += 1
+            assert (1.0 - c * c) ** 0.5 / abs(c) >= abs(share) - 1e-12
+    assert flips > 50, "the random cases include flips"
+
+
+def test_the_pca_sign_check_refuses_a_zero_vector() -> None:
+    from quant_harness.extract.methods import pca_sign_check
+
+    with pytest.raises(CellError, match="mean difference is zero"):
+        pca_sign_check(torch.ones(4), torch.ones(4), torch.zeros(4))

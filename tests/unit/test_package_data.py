@@ -15,6 +15,7 @@ from quant_harness import data, study
 from quant_harness.bench.settings import TASKS_DIR
 from quant_harness.errors import StudyError
 from quant_harness.judge.client import PROMPTS_DIR
+from tests.studies import study_text
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "quant_harness"
@@ -26,17 +27,8 @@ def _project(root: Path, extra: str = "", model: str = "smollm2-135m") -> Path:
     """A study in its own folder (the root), away from the checkout: one CAA trait over its own dataset."""
     (root / "x.json").write_text(CAA)
     p = root / "study.toml"
-    p.write_text(textwrap.dedent(f"""\
-        [study]
-        reference = "fp32"
-        precisions = ["fp32", "nf4"]
-        [models.{model}]
-        card = "{model}"
-        [[traits]]
-        methodology = "caa"
-        name = "x"
-        dataset = "x.json"
-        """) + textwrap.dedent(extra))
+    p.write_text(study_text({"reference": "fp32", "precisions": ["fp32", "nf4"]}, {model: model},
+                            [{"methodology": "caa", "name": "x", "dataset": "x.json"}]) + textwrap.dedent(extra))
     return p
 
 

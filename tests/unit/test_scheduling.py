@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -173,13 +174,44 @@ def test_vram_estimate_follows_bytes_per_parameter() -> None:
     assert vram_gb(70.6, "bf16") > 80 > vram_gb(70.6, "nf4")
 
 
-def test_reference_groups_start_before_quantized_ones(pytester: pytest.Pytester) -> None:
-    ids = [f"cases/test_v.py::test_v[m-{p}-caa_x-{k}]" for p in ("nf4", "bf16") for k in ("mean_diff", "probe")]
-    ids += ["cases/test_v.py::test_v[m-nf4-caa_y-mean_diff]"]
+def test_quantized_groups_wait_for_their_reference_group(pytester: pytest.Pytester) -> None:
+    """Two phases per model: a quantized group goes to a worker only once its reference group has finished, or to
+    the worker running it (which runs its queue in order); another model's groups keep the other worker busy."""
+    ids = [f"cases/test_v.py::test_v[{m}-{p}-caa_x-{k}]" for m in ("a", "b") for p in ("nf4", "int8", "bf16")
+           for k in ("mean_diff", "probe")]
     sched = CellGroupScheduling(pytester.parseconfig("-p", "xdist", "--tx=2*popen"), None, reference="bf16")
     nodes = [_Node("gw0", None), _Node("gw1", None)]
-    ran = _run(sched, nodes, ids)
-    assert nodes[0].sent[:2] == [2, 3] and ran == {"m-bf16": {"gw0"}, "m-nf4": {"gw1"}}
+    started: dict[str, tuple[str, set[str]]] = {}
+    """group -> (node it was sent to, reference groups complete at that moment)."""
+    done: set[int] = set()
+
+    def complete(group: str) -> bool:
+        return all(i in done for i, nid in enumerate(ids) if cell_ids.group_of_nodeid(nid) == group)
+
+    for node in nodes:
+        sched.add_node(node)  # type: ignore[arg-type]
+        sched.add_node_collection(node, ids)  # type: ignore[arg-type]
+
+    def note_sends() -> None:
+        for node in nodes:
+            for i in node.sent:
+                g = str(cell_ids.group_of_nodeid(ids[i]))
+                started.setdefault(g, (node.gateway.id, {r for r in ("a-bf16", "b-bf16") if complete(r)}))
+
+    sched.schedule()
+    note_sends()
+    while pending := [(n, i) for n in nodes for i in n.sent if i not in done]:
+        node, i = pending[0]
+        done.add(i)
+        sched.mark_test_complete(node, i)  # type: ignore[arg-type]
+        note_sends()
+    assert sched.tests_finished and len(started) == 6
+    assert started["a-bf16"][0] != started["b-bf16"][0]   # both references first, in parallel
+    for m in ("a", "b"):
+        ref_node = started[f"{m}-bf16"][0]
+        for p in ("nf4", "int8"):
+            node, refs_done = started[f"{m}-{p}"]
+            assert node == ref_node or f"{m}-bf16" in refs_done, (m, p, started)
 
 
 def test_by_group_keeps_each_groups_cells_together_in_their_own_order() -> None:
@@ -187,3 +219,32 @@ def test_by_group_keeps_each_groups_cells_together_in_their_own_order() -> None:
     assert scheduling.by_group(groups) == [0, 3, 1, 4, 7, 2, 5, 6]
     # the reference group leads even where a comparison kind (no reference cells) collects first
     assert scheduling.by_group(["m-int8", "m-nf4", "m-fp32", "m-int8"], lead=["m-fp32"]) == [2, 0, 3, 1]
+
+
+def test_the_pool_evicts_the_reference_before_loading_a_quantized_model(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Any) -> None:
+    """One resident model: the reference is dropped before a quantized copy loads (70B bf16 + NF4 > 160 GB)."""
+    from quant_harness import runner
+    from quant_harness.study.load import load as load_study
+
+    study = load_study(Path(__file__).resolve().parents[2] / "cases" / "studies" / "quant-sensitivity.toml",
+                       check_data=False)
+    resident: list[str] = []
+
+    class _Loaded:
+        def __init__(self, name: str) -> None:
+            self.name, self.load_seconds, self.device = name, 0.0, "cpu"
+            assert not resident, f"{name} loaded while {resident} is resident"
+            resident.append(name)
+
+        def __del__(self) -> None:
+            resident.remove(self.name)
+
+    monkeypatch.setattr(runner, "load", lambda card, precision, **_: _Loaded(f"{card.name}-{precision}"))
+    pool = runner.ModelPool(study, tmp_path)
+    for precision in ("bf16", "nf4", "nf4", "int8"):
+        assert pool.get("llama-70b", precision).name == f"llama-70b-{precision}"
+    assert pool.history == [("load", "llama-70b-bf16"), ("evict", "llama-70b-bf16"), ("load", "llama-70b-nf4"),
+                            ("evict", "llama-70b-nf4"), ("load", "llama-70b-int8")]
+    pool.close()
+    assert resident == []

@@ -14,7 +14,8 @@ post-norm leaks (a norm with the same scale on every dimension keeps a vector or
 A twin is a local checkpoint (``save_pretrained`` plus the real tokenizer files copied beside it) in
 ``<cache>/<name>-<key>/`` with ``key`` a hash of the source config, the tokenizer files and ``BUILDER_VERSION``, so it
 is built once (seconds) and reused by later runs; a card TOML beside it points at it, in the format of
-``quant_harness/data/model_cards``.
+``quant_harness/data/model_cards``. The conformance tests (tests/conformance) and the CPU rehearsal of a study
+(quant_harness.scale.rehearsal) both build their twins here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TWINS = ("gemma2-2b", "gemma3-4b", "llama-8b", "llama-70b", "mistral-7b", "olmo-7b", "qwen-7b")
 BUILDER_VERSION = "1"
@@ -57,7 +59,11 @@ class Twin:
 
 
 def data_dir(repo: Path) -> Path:
-    """``../shared/data/model_twins`` beside the checkout (as every test finds ``../shared/data``)."""
+    """The twins' source folders: ``$QUANT_HARNESS_DATA/model_twins`` when that variable is set, else
+    ``../shared/data/model_twins`` beside the checkout ``repo`` (as every test finds ``../shared/data``)."""
+    data = os.environ.get("QUANT_HARNESS_DATA")
+    if data:
+        return Path(data).expanduser().resolve() / "model_twins"
     return repo.parent / "shared" / "data" / "model_twins"
 
 
@@ -75,7 +81,7 @@ def key(source: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def tiny_config(source: Path):  # type: ignore[no-untyped-def]
+def tiny_config(source: Path) -> Any:
     """The real config with widths shrunk and ``LAYERS`` blocks; Gemma-3 through its ``text_config``."""
     from transformers import AutoConfig
 
@@ -102,7 +108,7 @@ def tiny_config(source: Path):  # type: ignore[no-untyped-def]
     return config
 
 
-def _randomize_norms(model, seed: int) -> None:  # type: ignore[no-untyped-def]
+def _randomize_norms(model: Any, seed: int) -> None:
     """A random per-dimension offset in [-0.5, 0.5) on every norm weight (Gemma's ``1 + w`` and Llama's ``w`` alike)."""
     import torch
 
@@ -121,7 +127,7 @@ def build(name: str, source: Path, target: Path) -> None:
 
     config = tiny_config(source)
     torch.manual_seed(SEED)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     _randomize_norms(model, SEED)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     model.save_pretrained(tmp)
@@ -136,6 +142,7 @@ def build(name: str, source: Path, target: Path) -> None:
 
 
 def card_text(twin_name: str, path: Path, layers: int, hidden: int, family: str) -> str:
+    """A model card for the twin (gptq = "none": a twin has no pre-quantized checkpoint)."""
     return (f'name = "{twin_name}"\nhub_id = "twin/{twin_name}"\nfamily = "{family}"\nparams_b = 0.02\n'
             f"layers = {layers}\nhidden_size = {hidden}\n"
             f'path = "{path}"\nnative_dtype = "float32"\ngptq = "none"\n')
