@@ -220,7 +220,13 @@ def fidelity(bundle: Bundle, ref: Tensor, quant: Tensor, top_k: int) -> dict[str
 
 
 def reference_side(runner: CellRunner, cell: Cell) -> None:
-    """What a quantized SAE cell reads of the reference: its residuals of both splits (training reads no model)."""
+    """What a quantized SAE cell reads of the reference: its dictionary, then the residuals of both splits.
+
+    The dictionary comes first so that a bad bundle file (missing tensors, NaN, wrong orientation) is that cell's
+    error before any model loads, as it is when the cell runs on its own."""
+    layer_part, _, name = cell.trait.partition("-")
+    d = next(x for x in _settings(runner.study).dictionaries if x.name == name)
+    dictionary(runner, cell.model, d, int(layer_part.removeprefix("sae_")))
     for split in ("train", "eval"):
         residuals(runner, cell.model, runner.study.reference, split)
 
