@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-    from quant_harness.bench import settings as benchmark_settings, lm_eval as benchmarks
+    from quant_harness.bench import lm_eval as benchmarks
+    from quant_harness.bench import settings as benchmark_settings
     from quant_harness.models.cards import load_card
     from quant_harness.models.precision import load
 

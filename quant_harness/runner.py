@@ -7,23 +7,25 @@ through the activation cache, so a warm re-run loads no model and runs no forwar
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from quant_harness.extract import activations, datasets, rollouts as generation
 from quant_harness._util import counters, progress
-from quant_harness.store.activations import ActivationCache, Entry, key_of
-from quant_harness.extract.datasets import ContrastSet
 from quant_harness.errors import CellError, QuantHarnessError
+from quant_harness.extract import activations, datasets
+from quant_harness.extract import rollouts as generation
+from quant_harness.extract.datasets import ContrastSet
 from quant_harness.extract.methods import METHODS, for_contrast, load_vectors
 from quant_harness.extract.positions import parse_position
+from quant_harness.metrics.tensors import cosine
 from quant_harness.models import adapter, identity
 from quant_harness.models.precision import LoadedModel, calibration_hash, load
-from quant_harness.metrics.tensors import cosine
 from quant_harness.records import CellResult, provenance
+from quant_harness.store.activations import ActivationCache, Entry, key_of
 from quant_harness.study.spec import Cell, Study, TraitSpec
 
 if TYPE_CHECKING:

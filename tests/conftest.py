@@ -10,11 +10,11 @@ in-process run would evict and re-create them (class identity checks then fail).
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-import pytest
 import bitsandbytes  # noqa: F401
+import pytest
 import torch  # noqa: F401
 import torchao  # noqa: F401
 import transformers  # noqa: F401

@@ -8,7 +8,7 @@ is the last block). Settings keep what the study wrote; a cell resolves it with 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from quant_harness.errors import StudyError
 

@@ -7,7 +7,8 @@ output capture) or, on xdist workers whose output is not forwarded, at a per-wor
 from __future__ import annotations
 
 import sys
-from typing import IO, Any, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import IO, Any, TypeVar
 
 from tqdm.auto import tqdm
 

@@ -4,9 +4,10 @@ file, the key, the value and what was expected, in words (``expected a list``, n
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from quant_harness.errors import StudyError
 

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from quant_harness._util import progress
 from quant_harness._util.files import digest
-from quant_harness.errors import CellError, StudyError
-from quant_harness.records import CellResult, provenance
-from quant_harness.store import ArtefactStore, JsonCodec, key_of, legacy_json
 from quant_harness.bench.settings import STEERED_SUFFIX, BenchmarkSettings, TaskOptions
-from quant_harness.study.spec import Cell, Study
+from quant_harness.errors import CellError, StudyError
 from quant_harness.metrics.confidence import Interval, judge_interval
 from quant_harness.metrics.verdicts import Band, Judgement, Verdict, judge
+from quant_harness.records import CellResult, provenance
+from quant_harness.store import ArtefactStore, JsonCodec, key_of, legacy_json
+from quant_harness.study.spec import Cell, Study
 
 if TYPE_CHECKING:
     from quant_harness.protocols import CellRunner

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

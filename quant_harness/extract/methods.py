@@ -7,8 +7,8 @@ The ``file`` method reads no activations at all: external vectors (per-layer vec
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

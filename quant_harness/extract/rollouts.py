@@ -9,18 +9,19 @@ With ``replay`` a quantized model is prefilled with the reference precision's re
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from quant_harness._util import counters, progress
-from quant_harness.judge import client as judges
+from quant_harness.errors import CellError
 from quant_harness.extract import batching
 from quant_harness.extract.activations import encode
 from quant_harness.extract.datasets import Prompt
-from quant_harness.errors import CellError
+from quant_harness.judge import client as judges
 
 if TYPE_CHECKING:
     from quant_harness.protocols import CellRunner

@@ -22,10 +22,11 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from quant_harness import data
 from quant_harness._util import counters, files, progress

@@ -3,9 +3,10 @@ shipped with the package, or a study's own ``cards_dir``)."""
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from quant_harness._util.validate import describe
 from quant_harness.errors import StudyError

@@ -15,8 +15,8 @@ came from that).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 TEXTS = (

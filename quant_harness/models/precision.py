@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
-from quant_harness.models.cards import ModelCard
+from quant_harness.errors import PrecisionUnavailable, StudyError
 from quant_harness.models import base_model
+from quant_harness.models.cards import ModelCard
 from quant_harness.models.embedded import materialize, save_checkpoint
 from quant_harness.models.registry import PRECISIONS, REGISTRY
-from quant_harness.errors import PrecisionUnavailable, StudyError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -13,19 +13,35 @@ Nothing here imports bitsandbytes, gptqmodel or transformers at import time, so 
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import pytest
 
 from quant_harness._util import progress
 from quant_harness.errors import StudyError
 from quant_harness.plugin import scale
-from quant_harness.plugin.fixtures import (Outcome, cell_result, failed_verdict, lead_with_cell, quant_runner,
-                                          quant_study, record_cell)
+from quant_harness.plugin.fixtures import (
+    Outcome,
+    cell_result,
+    failed_verdict,
+    lead_with_cell,
+    quant_runner,
+    quant_study,
+    record_cell,
+)
 from quant_harness.plugin.keys import RECORD, REPORTS, SELECTED, STATE, STUDY
-from quant_harness.plugin.options import (add_options, cache_dir, check_writable, model_dir, planning, rehearsing,
-                                          report_dir, setting)
+from quant_harness.plugin.options import (
+    add_options,
+    cache_dir,
+    check_writable,
+    model_dir,
+    planning,
+    rehearsing,
+    report_dir,
+    setting,
+)
 from quant_harness.plugin.state import RunState, TerminalSink
 from quant_harness.scale.rehearsal import skip_reason as rehearsal_skip
 from quant_harness.scale.scheduling import by_group
@@ -96,10 +112,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def _skip_reason(study: Study, cell: Cell) -> str | None:
     from quant_harness.judge.settings import missing_key
+    from quant_harness.models.base_model import skip_reason as base_model_skip
     from quant_harness.models.precision import unavailable_reason
     from quant_harness.study.kinds import KINDS
-
-    from quant_harness.models.base_model import skip_reason as base_model_skip
 
     card = study.cards[cell.model]
     if cell.precision == "gptq" and not card.has_gptq:

@@ -14,8 +14,8 @@ import pytest
 
 from quant_harness.plugin.keys import STATE
 from quant_harness.plugin.options import cache_dir, report_dir
-from quant_harness.report import baselines
 from quant_harness.records import CellResult, Record
+from quant_harness.report import baselines
 from quant_harness.study.kinds import all_cells
 from quant_harness.study.spec import Study
 

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from quant_harness.scale import scheduling
-from quant_harness.scale.scheduling import Slot
 from quant_harness.plugin.keys import PLAN_WORKERS, SLOTS, STUDY
 from quant_harness.plugin.options import planning, shard
+from quant_harness.scale import scheduling
+from quant_harness.scale.scheduling import Slot
 from quant_harness.study.spec import Cell
-
 
 
 def gpu_slots(config: pytest.Config) -> list[Slot]:

@@ -6,8 +6,8 @@ merged shards get one set of reports. The top of the report layer: only this mod
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from quant_harness._util import files
 from quant_harness.report import findings, html, ranking

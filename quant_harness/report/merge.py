@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from quant_harness.report import derive as reporting
 from quant_harness.errors import QuantHarnessError
+from quant_harness.report import derive as reporting
 
 SHARDS_DIR = "shards"
 

@@ -27,8 +27,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from quant_harness.errors import CacheError
 from quant_harness.metrics.verdicts import DEFAULT_BANDS

@@ -47,8 +47,8 @@ def _card_info(model: str, record: Record, cards_dir: Path | None) -> dict[str, 
     if info.get("family") and cards_dir is None:
         return info
     from quant_harness import data
-    from quant_harness.models.cards import load_card
     from quant_harness.errors import StudyError
+    from quant_harness.models.cards import load_card
 
     folder = cards_dir or data.path("model_cards")
     try:

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from quant_harness.sae.settings import LAYOUTS
 from quant_harness.errors import BundleError
+from quant_harness.sae.settings import LAYOUTS
 
 REQUIRED = ("W_enc", "b_enc", "W_dec", "b_dec")
 OPTIONAL = ("W_skip", "threshold")

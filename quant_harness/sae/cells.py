@@ -11,25 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from quant_harness.extract import activations, batching
-from quant_harness.models import adapter
 from quant_harness._util import counters, progress
-from quant_harness.metrics import tensors as metrics
-from quant_harness.metrics import resample
-from quant_harness.metrics.confidence import judge_interval
 from quant_harness.errors import BundleError, CellError, DatasetError
+from quant_harness.extract import activations, batching
+from quant_harness.metrics import resample
+from quant_harness.metrics import tensors as metrics
+from quant_harness.metrics.confidence import judge_interval
+from quant_harness.models import adapter
 from quant_harness.records import CellResult, provenance
-from quant_harness.store import ArtefactStore, DirectoryCodec, key_of
+from quant_harness.runner import embedded_note
 from quant_harness.sae.bundle import Bundle, load_bundle, save_bundle, tensors_of
 from quant_harness.sae.settings import Dictionary, SaeSettings
 from quant_harness.sae.train import evaluate, train_sae
-from quant_harness.runner import embedded_note
+from quant_harness.store import ArtefactStore, DirectoryCodec, key_of
 from quant_harness.study.spec import Cell, Study
 
 if TYPE_CHECKING:

@@ -10,12 +10,11 @@ same weights in one environment.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 
-from quant_harness.sae.settings import TrainSettings
 from quant_harness.errors import CellError
+from quant_harness.sae.settings import TrainSettings
 
 
 def _check_data(x: Tensor, what: str) -> Tensor:

@@ -16,8 +16,9 @@ second GPU adds memory, not speed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from quant_harness.study.spec import Cell, Study, TraitSpec
 

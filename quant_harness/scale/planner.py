@@ -7,9 +7,10 @@ Reads the study, the model cards and the cache's meta files only: no model, no f
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from quant_harness.models.registry import REGISTRY
 from quant_harness.scale import cost

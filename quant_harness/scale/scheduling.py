@@ -12,7 +12,8 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Mapping, MutableMapping, NamedTuple, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import NamedTuple
 
 from quant_harness.study.ids import group_of_nodeid
 

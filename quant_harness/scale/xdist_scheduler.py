@@ -12,7 +12,8 @@ reference, so its worker holds one model at a time (quant_harness.runner.ModelPo
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from xdist.scheduler import LoadScopeScheduling
 

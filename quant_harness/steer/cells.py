@@ -14,24 +14,25 @@ import hashlib
 import json
 import math
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from quant_harness._util import progress
-from quant_harness.judge import client as judges
-from quant_harness.steer import ops as steering
-from quant_harness.steer import stats
-from quant_harness.extract.datasets import Prompt, load_caa
 from quant_harness.errors import CellError
-from quant_harness.records import CellResult
-from quant_harness.store import JSON, ArtefactStore, key_of, legacy_json
-from quant_harness.steer.settings import SteeringSettings
-from quant_harness.study.spec import Cell, Study, TraitSpec
+from quant_harness.extract.datasets import Prompt, load_caa
+from quant_harness.judge import client as judges
 from quant_harness.metrics.verdicts import undefined
 from quant_harness.models import identity
+from quant_harness.records import CellResult
+from quant_harness.steer import ops as steering
+from quant_harness.steer import stats
+from quant_harness.steer.settings import SteeringSettings
+from quant_harness.store import JSON, ArtefactStore, key_of, legacy_json
+from quant_harness.study.spec import Cell, Study, TraitSpec
 
 if TYPE_CHECKING:
     from quant_harness.protocols import CellRunner

@@ -27,18 +27,19 @@ Hooks never modify a tensor in place (except steering-vectors' own) and are remo
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from quant_harness._util import counters
+from quant_harness.errors import CellError
 from quant_harness.extract import batching
 from quant_harness.extract.activations import decoder_layers, encode
 from quant_harness.extract.datasets import Prompt
 from quant_harness.models import adapter
-from quant_harness.errors import CellError
 
 Mode = Literal["add", "clamp"]
 

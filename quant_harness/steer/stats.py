@@ -23,8 +23,9 @@ generations and A/B sweeps; tests/unit/test_calibration_steering.py runs them on
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -11,7 +11,15 @@ codec imports torch and safetensors inside its methods.
 
 from quant_harness.store.activations import ActivationCache, Entry
 from quant_harness.store.artefacts import META, Artefact, ArtefactStore, Codec, canonical, key_of, legacy_json
-from quant_harness.store.codecs import FILES, JSON, DirectoryCodec, FilesCodec, JsonCodec, TensorCodec, Tensors
+from quant_harness.store.codecs import (
+           FILES,
+           JSON,
+           DirectoryCodec,
+           FilesCodec,
+           JsonCodec,
+           TensorCodec,
+           Tensors,
+)
 
 __all__ = ["FILES", "JSON", "META", "ActivationCache", "Artefact", "ArtefactStore", "Codec",
            "DirectoryCodec", "Entry", "FilesCodec", "JsonCodec", "TensorCodec", "Tensors", "canonical", "key_of",

@@ -14,9 +14,10 @@ model work. Entries of the layout that keyed on the layer list are still found t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from quant_harness._util import counters
 from quant_harness.store.artefacts import META, Artefact, ArtefactStore, canonical, key_of

@@ -21,9 +21,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterator, Mapping, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from filelock import FileLock
 

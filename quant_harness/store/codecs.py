@@ -7,8 +7,9 @@ torch and safetensors are imported inside ``TensorCodec``'s methods only, so imp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 from quant_harness.errors import CacheError
 

@@ -10,8 +10,9 @@ layer read everything else from the entry.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from quant_harness.bench.settings import BenchmarkSettings
 from quant_harness.errors import StudyError

@@ -7,9 +7,11 @@ before any model loads, never inside a cell.
 
 from __future__ import annotations
 
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import tomllib
 
 from quant_harness import data
 from quant_harness._util.validate import SectionContext, expect, resolve
@@ -21,7 +23,8 @@ from quant_harness.judge import settings as judge_settings
 from quant_harness.metrics.verdicts import DEFAULT_BANDS, FAIL_ON, Band
 from quant_harness.models.cards import ModelCard, load_card
 from quant_harness.models.registry import PRECISIONS
-from quant_harness.report import gates as gate_settings, settings as baseline_settings
+from quant_harness.report import gates as gate_settings
+from quant_harness.report import settings as baseline_settings
 from quant_harness.sae import settings as sae_settings
 from quant_harness.steer import settings as steer_settings
 from quant_harness.study import files

@@ -13,8 +13,9 @@ and printed at the end of the run as a twin x kind table (``ok``, or the error),
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -509,7 +509,7 @@ def test_lm_eval(loaded: Any, name: str, precision: str) -> None:
     logp = torch.log_softmax(logits, -1)
     want = float(sum(logp[len(ctx_ids) + j - 1, t] for j, t in enumerate(cont_ids)))
     assert ll < 0 and abs(ll - want) < 10 * TOL[precision] * max(1.0, abs(want)), (ll, want)
-    from quant_harness.bench.shared_prefix import SharedPrefixHFLM   # one context run once for both choices
+    from quant_harness.bench.shared_prefix import SharedPrefixHFLM  # one context run once for both choices
 
     reqs = [Instance(request_type="loglikelihood", doc={}, arguments=(context, c), idx=i)
             for i, c in enumerate((" four", " five"))]

@@ -12,20 +12,21 @@ import math
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
+from registry_check import unregistered_figures
 
-from quant_harness.bench import settings as benchmark_settings, lm_eval as benchmarks
 from quant_harness._util import counters
-from quant_harness.steer import ops as steering
-from quant_harness.report import plots  # noqa: F401  keeps matplotlib in sys.modules across in-process pytester runs
+from quant_harness.bench import lm_eval as benchmarks
+from quant_harness.bench import settings as benchmark_settings
 from quant_harness.models.cards import load_card
 from quant_harness.models.precision import LoadedModel, load
-
-from registry_check import unregistered_figures
+from quant_harness.report import plots  # noqa: F401  keeps matplotlib in sys.modules across in-process pytester runs
+from quant_harness.steer import ops as steering
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("QUANT_HARNESS_DATA") or REPO.parent / "shared" / "data" / "benchmarks")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from quant_harness._util import counters
+from quant_harness.errors import CellError
 from quant_harness.extract import rollouts as generation
 from quant_harness.judge import client as judges
-from quant_harness.errors import CellError
 from quant_harness.runner import StudyRunner
 from quant_harness.study import load
 

@@ -1,8 +1,9 @@
 """The CPU rehearsal as users run it: ``pytest cases --quant-study quant-sensitivity.toml --quant-rehearse``.
 
 A CI-sized slice of the plan's grid (one model at its bf16 reference and NF4, one trait of each methodology that
-makes every cell kind but PV's rollouts, HellaSwag; GPTQ skipped with the rehearsal's reason) runs end to end on the model's twin with the loopback judge. The full rehearsal (all seven
-models x four precisions) is the documented command in README ("Rehearse on CPU first").
+makes every cell kind but PV's rollouts, HellaSwag; GPTQ skipped with the rehearsal's reason) runs end to end on
+the model's twin with the loopback judge, and its findings page carries the plan's gate sections. The full
+rehearsal (all seven models x four precisions) is the documented command in README ("Rehearse on CPU first").
 """
 
 from __future__ import annotations
@@ -52,4 +53,8 @@ def test_rehearsal_slice_runs_every_kind_on_a_twin(pytester: pytest.Pytester, mo
     run = json.loads((done / "results" / "run.json").read_text())
     # one load per group: the nf4 group found the reference's side cached (no reference load beside or after it)
     assert run["loads_by_group"] == {"mistral-7b-bf16": 1, "mistral-7b-nf4": 1}, run["loads_by_group"]
-    assert (done / "findings.md").is_file()
+    findings = (done / "findings.md").read_text()
+    for section in ("## Plan gates", "### Checkpoint 1: reference baselines", "### INVESTIGATE", "### DISCARD",
+                    "## Success criteria (the plan's)"):
+        assert section in findings, section
+    assert "Not checked: these records were written before the gates existed" not in findings

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from quant_harness.plugin import scale
 from quant_harness.cli import main as cli_main
+from quant_harness.plugin import scale
 from quant_harness.report.matrices import read_matrix
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,11 +7,10 @@ reference into int8), CAA at the answer letter, Arditi at the last post-instruct
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from registry_check import unregistered_figures
 
 REPO = Path(__file__).resolve().parents[2]

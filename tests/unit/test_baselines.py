@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from quant_harness.report.settings import BaselineSettings as Settings
-from quant_harness.report.baselines import Baselines, BaselineVersionWarning, direction
-from quant_harness.report.settings import Tolerance, parse
+from quant_harness._util.validate import SectionContext
 from quant_harness.errors import StudyError
 from quant_harness.metrics.verdicts import Band
-from quant_harness._util.validate import SectionContext
+from quant_harness.report.baselines import Baselines, BaselineVersionWarning, direction
+from quant_harness.report.settings import BaselineSettings as Settings
+from quant_harness.report.settings import Tolerance, parse
+
 
 def _ctx(path: Path | str, models: tuple[str, ...] = ("m",)) -> SectionContext:
     return SectionContext(Path(path), Path(path).parent, 30, models, ())

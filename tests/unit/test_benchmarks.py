@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from quant_harness import study
-from quant_harness.bench import settings as benchmark_settings, lm_eval as benchmarks
+from quant_harness.bench import lm_eval as benchmarks
+from quant_harness.bench import settings as benchmark_settings
 from quant_harness.errors import StudyError
 from quant_harness.metrics.verdicts import DEFAULT_BANDS, Verdict
-from quant_harness.study.kinds import cells
 from quant_harness.study import ids
+from quant_harness.study.kinds import cells
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from quant_harness._util import counters
+from quant_harness.cli import main as cli_main
 from quant_harness.store import JSON, ArtefactStore, JsonCodec, legacy_json
 from quant_harness.store.activations import META, TENSORS, ActivationCache, key_of
-from quant_harness.cli import main as cli_main
 
 COMPONENTS = {"model": "tiny", "precision": "fp32", "dataset": "abc", "position": "response[:]", "layers": [1, 2],
               "generation": {"max_new_tokens": 8, "n_per_question": 1, "temperature": 0.0}}

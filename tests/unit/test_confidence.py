@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant_harness.metrics.confidence import Interval, bootstrap_ci, classify_interval, judge_interval
 from quant_harness.errors import CellError
+from quant_harness.metrics.confidence import Interval, bootstrap_ci, classify_interval, judge_interval
 from quant_harness.metrics.verdicts import Band, Verdict, is_allowed
 
 COS = [0.91, 0.85, 0.97, 0.88, 0.93, 0.79, 0.95]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from quant_harness.extract.datasets import load_arditi, load_caa, load_pv
 from quant_harness.errors import DatasetError
+from quant_harness.extract.datasets import load_arditi, load_caa, load_pv
 
 PEERS = Path(__file__).resolve().parents[3] / "shared" / "data" / "peers"
 pytestmark = pytest.mark.skipif(not PEERS.is_dir(), reason=f"peer datasets not present at {PEERS} "

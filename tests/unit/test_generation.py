@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_llama import tiny_llama
 
 from quant_harness._util import counters
+from quant_harness.errors import CellError
 from quant_harness.extract.activations import extract
 from quant_harness.extract.datasets import Prompt
-from quant_harness.errors import CellError
-from quant_harness.extract.rollouts import GenerationSettings, PairScores, generate, kept_pairs, pack, unpack
 from quant_harness.extract.positions import parse_position
-
-from tiny_llama import tiny_llama
+from quant_harness.extract.rollouts import GenerationSettings, PairScores, generate, kept_pairs, pack, unpack
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from quant_harness._util.validate import SectionContext
+from quant_harness.errors import StudyError
 from quant_harness.judge import client as judges
 from quant_harness.judge.settings import parse
-from quant_harness.errors import StudyError
-from quant_harness._util.validate import SectionContext
 
 JBB = (Path(__file__).resolve().parents[3] / "shared" / "data" / "peers" / "refusal_direction" / "pipeline" / "runs"
        / "meta-llama-3-8b-instruct" / "completions" / "jailbreakbench_baseline_evaluations.json")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import pytest
 from typing import Any
 
-from quant_harness.report import findings, html as html_report, plots, ranking, matrices as reporting
+import pytest
+
 from quant_harness.cli import main
+from quant_harness.report import findings, plots, ranking
+from quant_harness.report import html as html_report
+from quant_harness.report import matrices as reporting
 from quant_harness.study import ids
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from quant_harness.errors import BundleError, StudyError
+from quant_harness.sae import oracle
 from quant_harness.sae.bundle import activate, feature_direction, load_bundle, save_bundle
+from quant_harness.sae.cells import fidelity
 from quant_harness.sae.settings import Dictionary, TrainSettings
 from quant_harness.sae.train import evaluate, train_sae
-from quant_harness.sae import oracle
-from quant_harness.sae.cells import fidelity
 from quant_harness.study.kinds import cells
 
 N, D = 12, 6
@@ -187,8 +187,8 @@ def test_saelens_folder_layout(tmp_path: Path) -> None:
 
 
 def test_decoders_feed_steering_rows(tmp_path: Path) -> None:
-    from quant_harness.sae.bundle import decoders
     from quant_harness.extract.methods import sae_feature_vectors
+    from quant_harness.sae.bundle import decoders
 
     save_bundle(_tensors(), tmp_path, 2)
     vecs = sae_feature_vectors(decoders(tmp_path, [2]), [[2, 5, 0.5], [2, 1, 2.0]])

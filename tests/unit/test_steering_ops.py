@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from quant_harness.steer import ops as steering
 from quant_harness.errors import CellError
 from quant_harness.extract.methods import sae_feature_vectors
+from quant_harness.steer import ops as steering
 
 D = 32
 

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import datasets
-
 from lm_eval.tasks.hellaswag.utils import process_docs  # noqa: F401  the stock preprocessing, used by the YAML
 
 from quant_harness.bench.settings import local_data_dir

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import datasets
-
 from lm_eval.tasks.truthfulqa.utils import process_results_mc2  # noqa: F401  the stock MC2 score, used by the YAML
 
 from quant_harness.bench.settings import local_data_dir
