@@ -49,7 +49,8 @@ def test_rehearsal_slice_runs_every_kind_on_a_twin(pytester: pytest.Pytester, mo
         for cell_id, record in read_matrix(matrix).items():
             kinds.setdefault(record["kind"], set()).add(cell_id)
     assert set(kinds) == {"vectors", "probes", "steering", "logit_diff", "transfer", "refusal", "benchmarks"}, kinds
-    assert all(i.startswith("mistral-7b-") for ids in kinds.values() for i in ids)
+    # the steering matrix keys its other kinds' records as "<kind>:<cell id>"
+    assert all(i.split(":")[-1].startswith("mistral-7b-") for ids in kinds.values() for i in ids), kinds
     run = json.loads((done / "results" / "run.json").read_text())
     # one load per group: the nf4 group found the reference's side cached (no reference load beside or after it)
     assert run["loads_by_group"] == {"mistral-7b-bf16": 1, "mistral-7b-nf4": 1}, run["loads_by_group"]
