@@ -184,8 +184,8 @@ def test_plan_of_every_kind_fits_8x80gb_with_references_loaded_first(pytester: p
     assert peak == vram and 156 < peak["llama-70b-bf16"] < 160
     for g in rows:
         model, precision = g.rsplit("-", 1)
-        if precision != "bf16":   # after its reference group ends (0.05: the table's rounding to 0.1 h)
-            assert start[g] >= start[f"{model}-bf16"] + hours[f"{model}-bf16"] - 0.05, g
+        if precision != "bf16":   # after its reference group ends (0.15: three figures each rounded to 0.1 h)
+            assert start[g] >= start[f"{model}-bf16"] + hours[f"{model}-bf16"] - 0.15, g
     orders = {w.rstrip(":"): rest.split(" -> ") for line in out.splitlines()
               if line.startswith("  gw") and ": " in line for w, rest in [line.strip().split(" ", 1)]}
     for order in orders.values():
