@@ -417,37 +417,58 @@ def ab_logits(
     forward pass reads the two letters' logits at the last position; otherwise both continuations run and their
     tokens' log-probabilities are summed. Steering runs from the end of the instruction on, as in CAA.
     """
+    r = _ab_rows(tokenizer, questions)
+    ids, mask, offsets = batching.left_pad(r.seqs, batching.pad_id(tokenizer))
+    starts = torch.tensor([o + r.inst[r.rows[k][0]] for k, o in enumerate(offsets)])
+    device = next(model.parameters()).device
+    with _maybe_steer(model, vectors, coefficient, "add", starts):
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+    counters.add("forward_passes")
+    return _ab_result(questions, _ab_scores(r, logits, offsets))
+
+
+@dataclass(frozen=True)
+class _ABRows:
+    """The rows of an A/B readout: one per question where each answer has one token of its own after the shared
+    ones (``plan.single_token``: the last position's logits read both letters), else one per question x answer
+    with that answer's tokens appended (their log-probabilities summed)."""
+
+    answers: dict[str, str]
+    plan: Any
+    base: list[list[int]]
+    """Each question's prompt tokens plus the answers' shared tokens."""
+    inst: list[int]
+    """Where each question's instruction starts (steering runs from there on)."""
+    rows: list[tuple[int, str]]
+    """(question, answer letter) per row; the letter is empty on the single-token path."""
+    seqs: list[list[int]]
+
+
+def _ab_rows(tokenizer: Any, questions: Sequence[tuple[Prompt, str]]) -> _ABRows:
     answers = ab_answers()
     plan = adapter.answer_plan(tokenizer, list(answers.values()))
     prompts = [p for p, _ in questions]
     base = [encode(tokenizer, p)[0] + list(plan.shared) for p in prompts]
-    inst = instruction_starts(tokenizer, prompts)
-    device = next(model.parameters()).device
-    pad = batching.pad_id(tokenizer)
-    scores: list[dict[str, float]] = []
     if plan.single_token:
-        ids, mask, offsets = batching.left_pad(base, pad)
-        starts = torch.tensor([o + s for o, s in zip(offsets, inst)])
-        with _maybe_steer(model, vectors, coefficient, "add", starts):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits[:, -1]
-        counters.add("forward_passes")
-        logits = logits.double().cpu()
-        scores = [{x: float(logits[row, plan.tails[a][0]]) for x, a in answers.items()} for row in range(len(base))]
+        rows, seqs = [(i, "") for i in range(len(base))], base
     else:
         rows = [(i, x) for i in range(len(base)) for x in answers]
         seqs = [base[i] + list(plan.tails[answers[x]]) for i, x in rows]
-        ids, mask, offsets = batching.left_pad(seqs, pad)
-        starts = torch.tensor([offsets[k] + inst[i] for k, (i, _) in enumerate(rows)])
-        with _maybe_steer(model, vectors, coefficient, "add", starts):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        counters.add("forward_passes")
-        logp = torch.log_softmax(logits.double().cpu(), dim=-1)
-        scores = [{} for _ in base]
-        for k, (i, x) in enumerate(rows):
-            tail = plan.tails[answers[x]]
-            first = offsets[k] + len(base[i])
-            scores[i][x] = float(sum(logp[k, first + j - 1, t] for j, t in enumerate(tail)))
-    return _ab_result(questions, scores)
+    return _ABRows(answers, plan, base, instruction_starts(tokenizer, prompts), rows, seqs)
+
+
+def _ab_scores(r: _ABRows, logits: Tensor, offsets: Sequence[int]) -> list[dict[str, float]]:
+    """Each question's score per answer letter from the logits of ``r.seqs`` (left-padded by ``offsets``)."""
+    if r.plan.single_token:
+        last = logits[:, -1].double().cpu()
+        return [{x: float(last[i, r.plan.tails[a][0]]) for x, a in r.answers.items()} for i in range(len(r.base))]
+    logp = torch.log_softmax(logits.double().cpu(), dim=-1)
+    scores: list[dict[str, float]] = [{} for _ in r.base]
+    for k, (i, x) in enumerate(r.rows):
+        tail = r.plan.tails[r.answers[x]]
+        first = offsets[k] + len(r.base[i])
+        scores[i][x] = float(sum(logp[k, first + j - 1, t] for j, t in enumerate(tail)))
+    return scores
 
 
 def _ab_result(questions: Sequence[tuple[Prompt, str]], scores: Sequence[dict[str, float]]) -> ABLogits:
@@ -476,25 +497,15 @@ def ab_sweep(
     allows: a pass stacks whole coefficients' rows (the same prompts, so the same padding), each row steered by its
     own coefficient; the figures are ``ab_logits``' one coefficient at a time (tests/unit/test_batched_generation.py).
     """
-    answers = ab_answers()
-    plan = adapter.answer_plan(tokenizer, list(answers.values()))
-    prompts = [p for p, _ in questions]
-    base = [encode(tokenizer, p)[0] + list(plan.shared) for p in prompts]
-    inst = instruction_starts(tokenizer, prompts)
+    r = _ab_rows(tokenizer, questions)
     device = next(model.parameters()).device
-    pad = batching.pad_id(tokenizer)
-    if plan.single_token:
-        rows = [(i, "") for i in range(len(base))]
-        seqs = base
-    else:
-        rows = [(i, x) for i in range(len(base)) for x in answers]
-        seqs = [base[i] + list(plan.tails[answers[x]]) for i, x in rows]
+    n = len(r.seqs)
     out: list[ABLogits] = []
-    for chunk in condition_chunks(len(coefficients), len(seqs), max_rows):
+    for chunk in condition_chunks(len(coefficients), n, max_rows):
         group = [float(coefficients[i]) for i in chunk]
-        ids, mask, offsets = batching.left_pad(seqs * len(group), pad)
-        starts = torch.tensor([o + inst[rows[k % len(rows)][0]] for k, o in enumerate(offsets)])
-        per_row = [c for c in group for _ in seqs]
+        ids, mask, offsets = batching.left_pad(r.seqs * len(group), batching.pad_id(tokenizer))
+        starts = torch.tensor([o + r.inst[r.rows[k % n][0]] for k, o in enumerate(offsets)])
+        per_row = [c for c in group for _ in r.seqs]
         steered = [c != 0.0 for c in per_row]   # add at 0 is the unsteered model, as ab_logits treats it
         with contextlib.ExitStack() as stack:
             if any(steered):
@@ -502,16 +513,6 @@ def ab_sweep(
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         counters.add("forward_passes")
         for j in range(len(group)):
-            block = logits[j * len(seqs):(j + 1) * len(seqs)]
-            if plan.single_token:
-                last = block[:, -1].double().cpu()
-                scores = [{x: float(last[r, plan.tails[a][0]]) for x, a in answers.items()} for r in range(len(base))]
-            else:
-                logp = torch.log_softmax(block.double().cpu(), dim=-1)
-                scores = [{} for _ in base]
-                for k, (i, x) in enumerate(rows):
-                    tail = plan.tails[answers[x]]
-                    first = offsets[k] + len(base[i])
-                    scores[i][x] = float(sum(logp[k, first + t - 1, tok] for t, tok in enumerate(tail)))
-            out.append(_ab_result(questions, scores))
+            rows = slice(j * n, (j + 1) * n)
+            out.append(_ab_result(questions, _ab_scores(r, logits[rows], offsets[rows])))
     return out
