@@ -56,6 +56,14 @@ class Part:
         self.seq, self.bat, self.bare = Tally(), Tally(), Tally()
         self.equal: dict[str, bool] = {}
 
+    def add(self, key: str, seq: tuple[float, int], bat: tuple[float, int], bare: tuple[float, int],
+            equal: bool) -> None:
+        """One (trait, precision)'s (seconds, tokens) of each path, and whether its outputs matched."""
+        self.seq.add(*seq)
+        self.bat.add(*bat)
+        self.bare.add(*bare)
+        self.equal[key] = equal
+
     def row(self) -> str:
         eq = ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in self.equal.items())
         return (f"| {self.name} | {self.seq.seconds:.1f} | {self.bat.seconds:.1f} | "
@@ -142,10 +150,7 @@ def steering(runner: Any, model_name: str, precisions: list[str], part: Part, n_
             for n_conds in calls:
                 x, y = _bare_generate(m, tok, prompts, n_conds, s.max_new_tokens, s.batch_rows)
                 bare_s, bare_t = bare_s + x, bare_t + y
-            part.seq.add(seq_s, seq_t)
-            part.bat.add(bat_s, bat_t)
-            part.bare.add(bare_s, bare_t)
-            part.equal[f"{trait.key}@{precision}"] = got == seq
+            part.add(f"{trait.key}@{precision}", (seq_s, seq_t), (bat_s, bat_t), (bare_s, bare_t), got == seq)
             print(f"  steering {trait.key} @ {precision}: {len(conds)} conditions x {len(prompts)} questions; "
                   f"sequential {seq_s:.1f} s ({len(conds)} calls), batched {bat_s:.1f} s ({len(calls)} calls of "
                   f"{calls} conditions), bare {bare_s:.1f} s; tok/s {seq_t / seq_s:.0f} / {bat_t / bat_s:.0f} / "
@@ -155,8 +160,6 @@ def steering(runner: Any, model_name: str, precisions: list[str], part: Part, n_
 @torch.no_grad()
 def ab(runner: Any, model_name: str, precisions: list[str], part: Part) -> None:
     from quant_harness.extract import batching
-    from quant_harness.extract.activations import encode
-    from quant_harness.models import adapter
     from quant_harness.steer import cells, ops
 
     study = runner.study
@@ -173,19 +176,13 @@ def ab(runner: Any, model_name: str, precisions: list[str], part: Part) -> None:
                                          for c in s.ab_coefficients])
             bat_s, got = _timed(lambda: ops.ab_sweep(m, tok, qs, s.ab_coefficients, vectors=v,
                                                      max_rows=s.batch_rows))
-            plan = adapter.answer_plan(tok, list(ops.ab_answers().values()))
-            base = [encode(tok, p)[0] + list(plan.shared) for p, _ in qs]
-            seqs = base if plan.single_token else [b + list(plan.tails[a]) for b in base
-                                                   for a in ops.ab_answers().values()]
+            seqs = ops._ab_rows(tok, qs).seqs   # the rows ab_sweep runs, for the bare forward of the same batch
             tokens = sum(len(x) for x in seqs) * len(s.ab_coefficients)
             bare_s = 0.0
             for chunk in ops.condition_chunks(len(s.ab_coefficients), len(seqs), s.batch_rows):
                 ids, mask, _ = batching.left_pad(seqs * len(chunk), batching.pad_id(tok))
                 bare_s += _timed(lambda: m(input_ids=ids, attention_mask=mask, use_cache=False))[0]
-            part.seq.add(seq_s, tokens)
-            part.bat.add(bat_s, tokens)
-            part.bare.add(bare_s, tokens)
-            part.equal[f"{trait.key}@{precision}"] = got == seq
+            part.add(f"{trait.key}@{precision}", (seq_s, tokens), (bat_s, tokens), (bare_s, tokens), got == seq)
             print(f"  A/B {trait.key} @ {precision}: {len(s.ab_coefficients)} coefficients x {len(qs)} questions; "
                   f"sequential {seq_s:.1f} s, batched {bat_s:.1f} s, bare {bare_s:.1f} s; tok/s {tokens / seq_s:.0f} / "
                   f"{tokens / bat_s:.0f} / {tokens / bare_s:.0f}; equal {got == seq}", flush=True)
@@ -231,10 +228,8 @@ def refusal(runner: Any, model_name: str, precisions: list[str], part: Part) -> 
             seq_s, seq_t, seq = _generated(sequential)
             bat_s, bat_t, got = _generated(batched)
             bare = [_bare_generate(m, tok, ps, 2, s.max_new_tokens, s.batch_rows) for ps in (harmful, harmless)]
-            part.seq.add(seq_s, seq_t)
-            part.bat.add(bat_s, bat_t)
-            part.bare.add(sum(x for x, _ in bare), sum(y for _, y in bare))
-            part.equal[f"{trait.key}@{precision}"] = got == seq
+            part.add(f"{trait.key}@{precision}", (seq_s, seq_t), (bat_s, bat_t),
+                     (sum(x for x, _ in bare), sum(y for _, y in bare)), got == seq)
             print(f"  refusal {trait.key} @ {precision}: sequential {seq_s:.1f} s (4 calls), batched {bat_s:.1f} s "
                   f"(2 calls), bare {sum(x for x, _ in bare):.1f} s; equal {got == seq}", flush=True)
 
