@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_llama import SeveralTokenABTokenizer, several_token_ab_model
 
 from quant_harness.extract import batching
 from quant_harness.extract.datasets import Prompt, load_caa
@@ -49,29 +49,12 @@ def test_smollm2_reads_the_same_tokens_and_gives_the_same_numbers() -> None:
         assert got.p_match == [float(torch.sigmoid(torch.tensor(d, dtype=torch.float64))) for d in got.logit_diff]
 
 
-class _Tok:
-    """Characters as ids, except the answers: "(A" is three tokens and "(B" three others after a shared "("."""
-
-    pad_token_id = 0
-    eos_token_id = 0
-
-    def apply_chat_template(self, messages: Any, tokenize: bool = False, add_generation_prompt: bool = True) -> str:
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<a>"
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> Any:
-        spelled = {"(A": [40, 61, 62], "(B": [40, 71, 72]}
-
-        class R:
-            input_ids = spelled.get(text) or [3 + (ord(ch) % 90) for ch in text]
-        return R()
 
 
 @torch.no_grad()
 def test_answers_of_several_tokens_are_scored_as_whole_continuations() -> None:
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
-    tok = _Tok()
+    model = several_token_ab_model()
+    tok = SeveralTokenABTokenizer()
     qs = [(Prompt((("user", "is it red"),)), "A"), (Prompt((("user", "a longer question here"),)), "B")]
     got = ops.ab_logits(model, tok, qs)
 

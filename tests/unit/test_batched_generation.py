@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tiny_llama import tiny_llama
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_llama import SeveralTokenABTokenizer, several_token_ab_model, tiny_llama
 
 from quant_harness.extract.datasets import Prompt, load_caa
 from quant_harness.steer import cells, ops
@@ -90,34 +89,17 @@ def test_the_ab_sweep_in_one_pass_equals_one_coefficient_at_a_time(smollm2: tupl
     assert got[0].logit_diff != got[2].logit_diff
 
 
-class _Tok:
-    """Characters as ids; "(A" and "(B" three tokens each after a shared "(" (the several-token A/B path)."""
-
-    pad_token_id = 0
-    eos_token_id = 0
-
-    def apply_chat_template(self, messages: Any, tokenize: bool = False, add_generation_prompt: bool = True) -> str:
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<a>"
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> Any:
-        spelled = {"(A": [40, 61, 62], "(B": [40, 71, 72]}
-
-        class R:
-            input_ids = spelled.get(text) or [3 + (ord(ch) % 90) for ch in text]
-        return R()
 
 
 @torch.no_grad()
 def test_the_several_token_ab_sweep_and_chunks_equal_one_coefficient_at_a_time() -> None:
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    model = several_token_ab_model()
     qs = [(Prompt((("user", "is it red"),)), "A"), (Prompt((("user", "a longer question here"),)), "B")]
     v = _vectors(32, (1,), 2.0)
     coefs = [-1.0, 0.0, 1.0, 3.0]
-    want = [ops.ab_logits(model, _Tok(), qs, vectors=v, coefficient=c) for c in coefs]
+    want = [ops.ab_logits(model, SeveralTokenABTokenizer(), qs, vectors=v, coefficient=c) for c in coefs]
     for max_rows in (4, 8, 64):   # 4 rows = one coefficient (2 questions x 2 answers) a pass
-        assert ops.ab_sweep(model, _Tok(), qs, coefs, vectors=v, max_rows=max_rows) == want
+        assert ops.ab_sweep(model, SeveralTokenABTokenizer(), qs, coefs, vectors=v, max_rows=max_rows) == want
 
 
 def test_clamped_conditions_in_one_batch_match_separate_calls() -> None:
