@@ -9,11 +9,11 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import ChatEndpoint, Reply, completion
 
 from quant_harness._util import counters
 from quant_harness._util.validate import SectionContext
@@ -31,7 +31,7 @@ def expected(prompt: str) -> str:
     return str(sum(map(ord, prompt)) % 101)
 
 
-class Endpoint:
+class Endpoint(ChatEndpoint):
     """A chat endpoint that answers ``expected(prompt)`` after ``delay`` seconds and records how many requests were
     in flight at once; a prompt containing "fail" gets HTTP 500 every time."""
 
@@ -39,45 +39,20 @@ class Endpoint:
         self.delay, self.in_flight, self.most = delay, 0, 0
         self.asked: list[str] = []
         self.lock = threading.Lock()
-        outer = self
+        super().__init__(self._reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                prompt = body["messages"][-1]["content"]
-                with outer.lock:
-                    outer.asked.append(prompt)
-                    outer.in_flight += 1
-                    outer.most = max(outer.most, outer.in_flight)
-                time.sleep(outer.delay)
-                with outer.lock:
-                    outer.in_flight -= 1
-                if "fail" in prompt:
-                    data, code = b'{"error": {"message": "injected"}}', 500
-                else:
-                    data, code = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                                             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                                          "message": {"role": "assistant",
-                                                                      "content": expected(prompt)}}]}).encode(), 200
-                self.send_response(code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+    def _reply(self, body: dict[str, Any]) -> Reply:
+        prompt = body["messages"][-1]["content"]
+        with self.lock:
+            self.asked.append(prompt)
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        time.sleep(self.delay)
+        with self.lock:
+            self.in_flight -= 1
+        if "fail" in prompt:
+            return 500, b'{"error": {"message": "injected"}}', {}
+        return 200, completion(expected(prompt)), {}
 
 
 @pytest.fixture

@@ -9,16 +9,15 @@ many unscored answers is a cell error that says so; answers received are cached 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from loopback import ChatEndpoint, Reply, completion
 
 from quant_harness._util import counters
 from quant_harness.errors import CellError, JudgeError
@@ -29,13 +28,7 @@ from quant_harness.steer import cells as steer_cells
 KEY = "sk-fault-server-key"
 
 
-def _completion(text: str) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "fault",
-                       "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                                    "message": {"role": "assistant", "content": text}}]}).encode()
-
-
-class FaultServer:
+class FaultServer(ChatEndpoint):
     """Replies from ``script`` in order (the last one repeats): ("500",), ("429", retry_after), ("slow", seconds),
     ("truncated",), ("401",), ("ok", text). Records when each request came."""
 
@@ -43,52 +36,23 @@ class FaultServer:
         self.script: list[tuple[Any, ...]] = [("ok", "50")]
         self.times: list[float] = []
         self.lock = threading.Lock()
-        outer = self
+        super().__init__(self._reply)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", 0)))
-                with outer.lock:
-                    outer.times.append(time.monotonic())
-                    step = outer.script.pop(0) if len(outer.script) > 1 else outer.script[0]
-                kind = step[0]
-                try:
-                    if kind in ("500", "401"):
-                        self._send(int(kind), b'{"error": {"message": "injected"}}')
-                    elif kind == "429":
-                        self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": str(step[1])})
-                    elif kind == "slow":
-                        time.sleep(step[1])
-                        self._send(200, _completion("99"))
-                    elif kind == "truncated":
-                        self._send(200, _completion("42")[:37])
-                    else:
-                        self._send(200, _completion(step[1]))
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout): nothing to answer
-
-            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+    def _reply(self, body: dict[str, Any]) -> Reply:
+        with self.lock:
+            self.times.append(time.monotonic())
+            step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        kind = step[0]
+        if kind in ("500", "401"):
+            return int(kind), b'{"error": {"message": "injected"}}', {}
+        if kind == "429":
+            return 429, b'{"error": {"message": "slow down"}}', {"Retry-After": str(step[1])}
+        if kind == "slow":
+            time.sleep(step[1])
+            return 200, completion("99", "fault"), {}
+        if kind == "truncated":
+            return 200, completion("42", "fault")[:37], {}
+        return 200, completion(step[1], "fault"), {}
 
 
 @pytest.fixture
