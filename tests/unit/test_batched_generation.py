@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fake_steering import run_steering_cell
 from tiny_llama import SeveralTokenABTokenizer, several_token_ab_model, tiny_llama
 
 from quant_harness.extract.datasets import Prompt, load_caa
@@ -168,30 +169,6 @@ def test_the_batched_search_takes_the_sequential_searchs_path(batch_rows: int) -
 
 # --- every record carries its headline figure's interval, also when a gate decides (issue 14) ----------------------
 
-def _fake_steering_cell(monkeypatch: pytest.MonkeyPatch, search: dict[str, Any], point: Any) -> dict[str, Any]:
-    """Run cells.steering_delta on a given reference search and quantized points; return what it records."""
-    from types import SimpleNamespace
-
-    from quant_harness.metrics.verdicts import DEFAULT_BANDS, Verdict
-
-    recorded: dict[str, Any] = {}
-
-    def record(runner: Any, cell: Any, kind: str, j: Any, figures: dict[str, Any], metric: str, value: float,
-               notes: Any = ()) -> dict[str, Any]:
-        recorded.update(j=j, figures=figures, metric=metric, value=value)
-        return recorded
-
-    monkeypatch.setattr(cells, "_steer_search", lambda *a: search)
-    monkeypatch.setattr(cells, "_steer_point", point)
-    monkeypatch.setattr(cells, "_record", record)
-    monkeypatch.setattr(cells.judges, "describe", lambda *a: "fake judge")
-    study = SimpleNamespace(steering=SteeringSettings(), bands=DEFAULT_BANDS, reference="fp32", seed=0,
-                            bootstrap_n=300, ci_level=0.95, fail_on=Verdict.BROKEN, fail_on_inconclusive=False,
-                            judge=SimpleNamespace(model="fake"))
-    runner = SimpleNamespace(study=study, pool=SimpleNamespace(model_dir=None))
-    cells.steering_delta(runner, SimpleNamespace(id="m-nf4-t-mean_diff", precision="nf4"))  # type: ignore[arg-type]
-    return recorded
-
 
 def _run(layer: int | None, c: float, trait: list[float], coherence: list[float]) -> dict[str, Any]:
     return {"layer": layer, "coefficient": c, "trait": trait, "coherence": coherence,
@@ -212,7 +189,7 @@ def test_a_steering_record_on_three_questions_carries_the_deltas_interval(monkey
     def point(runner: Any, cell: Any, precision: str, layer: int | None, c: float, together: Any = ()) -> Any:
         return _run(layer, c, [10.0, 20.0, 30.0] if layer is None else [40.0, 20.0, 30.0], [80.0] * 3)
 
-    rec = _fake_steering_cell(monkeypatch, search, point)
+    rec = run_steering_cell(monkeypatch, search, point)
     assert rec["metric"] == "delta" and rec["j"].verdict.label == "inconclusive"
     low, high = _headline_interval(rec)
     assert rec["value"] == pytest.approx(10.0) and low == pytest.approx(0.0) and high == pytest.approx(30.0)
@@ -222,7 +199,7 @@ def test_a_steering_record_without_a_coherent_point_carries_the_coherence_interv
         monkeypatch: pytest.MonkeyPatch) -> None:
     search = {"runs": [_run(None, 0.0, [10.0] * 6, [90.0] * 6), _run(12, 4.0, [60.0] * 6, [10.0, 20.0, 30.0] * 2),
                        _run(12, 2.0, [50.0] * 6, [40.0, 45.0, 20.0] * 2)]}
-    rec = _fake_steering_cell(monkeypatch, search, lambda *a: pytest.fail("no point to score at"))
+    rec = run_steering_cell(monkeypatch, search, lambda *a: pytest.fail("no point to score at"))
     assert rec["metric"] == "coherence_reference"
     low, high = _headline_interval(rec)
     assert 10.0 <= low <= high <= 45.0

@@ -12,11 +12,11 @@ is 0.90 with no per-question agreement); (c) no signal: the reference's vector d
 from __future__ import annotations
 
 from collections import Counter
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from fake_steering import run_steering_cell
 from scipy import stats as sps
 
 from quant_harness.metrics.verdicts import DEFAULT_BANDS, Verdict
@@ -227,9 +227,6 @@ def test_choose_point_looks_only_at_its_questions_and_keeps_coherence() -> None:
 
 
 def test_steering_cell_scores_each_half_at_the_point_the_other_half_chose(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quant_harness.steer import cells
-    from quant_harness.steer.settings import SteeringSettings
-
     n = 10
     half_a, half_b = stats.folds(n, seed=0)
     good_on_a = [80.0 if q in half_a else 10.0 for q in range(n)]   # x4 looks best on half a only
@@ -246,22 +243,7 @@ def test_steering_cell_scores_each_half_at_the_point_the_other_half_chose(monkey
             return run(None, 0.0, [5.0] * n, [90.0] * n)
         return run(layer, coefficient, [42.0] * n, [70.0] * n)
 
-    recorded: dict[str, Any] = {}
-
-    def record(runner: Any, cell: Any, kind: str, j: Any, figures: dict[str, Any], metric: str, value: float,
-               notes: Any = ()) -> dict[str, Any]:
-        recorded.update(j=j, figures=figures, metric=metric, value=value)
-        return recorded
-
-    monkeypatch.setattr(cells, "_steer_search", lambda *a: ref_search)
-    monkeypatch.setattr(cells, "_steer_point", steer_point)
-    monkeypatch.setattr(cells, "_record", record)
-    monkeypatch.setattr(cells.judges, "describe", lambda *a: "fake judge")
-    study = SimpleNamespace(steering=SteeringSettings(), bands=DEFAULT_BANDS, reference="fp32", seed=0,
-                            bootstrap_n=500, ci_level=0.95, fail_on=Verdict.DEGRADED, fail_on_inconclusive=False,
-                            judge=SimpleNamespace(model="fake"))
-    runner = SimpleNamespace(study=study, pool=SimpleNamespace(model_dir=None))
-    cells.steering_delta(runner, SimpleNamespace(id="m-nf4-t-mean_diff", precision="nf4"))  # type: ignore[arg-type]
+    recorded = run_steering_cell(monkeypatch, ref_search, steer_point, bootstrap_n=500, fail_on=Verdict.DEGRADED)
     f = recorded["figures"]
     # half b is scored at x4 (chosen on half a), half a at x8: the reference's delta is 5 on every question
     assert [(p["coefficient"], p["scored_on"]) for p in f["operating_points"]] == [(4.0, half_b), (8.0, half_a)]
