@@ -140,6 +140,10 @@ def _massive_ratios(records: list[Record]) -> dict[str, float]:
     return out
 
 
+def _ratio(x: float) -> str:
+    return f"{x:,.0f}x"
+
+
 def _h4(rank: dict[str, Any], records: list[Record]) -> tuple[str, list[str]]:
     """Per kind, the model with the most severe massive dims against the mildest: more sensitive when its
     degradation interval lies wholly above the other's, less when wholly below, unresolved when they overlap."""
@@ -150,7 +154,7 @@ def _h4(rank: dict[str, Any], records: list[Record]) -> tuple[str, list[str]]:
         if len(models) < 2:
             continue
         lines += [f"- {kind}: {m['name']} ({m.get('family') or '?'}, massive dims "
-                  f"{_f(ratios.get(m['name'], 0.0)) if ratios.get(m['name']) else 'unknown'}x): mean degradation "
+                  f"{_ratio(ratios[m['name']]) if ratios.get(m['name']) else 'unknown'}): mean degradation "
                   f"{_f(m['mean_degradation'])} (CI {_f(m['ci_low'])}..{_f(m['ci_high'])}, n={m['n']})"
                   for m in models]
         known = sorted((m for m in models if ratios.get(m["name"], 0.0) > 0), key=lambda m: ratios[m["name"]])
@@ -166,8 +170,8 @@ def _h4(rank: dict[str, Any], records: list[Record]) -> tuple[str, list[str]]:
             answer = "contradicted"
         else:
             answer = "not resolved (intervals overlap)"
-        answers.append(f"{kind}: {answer}: {severe['name']} ({_f(ratios[severe['name']])}x) "
-                       f"{_f(severe['mean_degradation'])} vs {mild['name']} ({_f(ratios[mild['name']])}x) "
+        answers.append(f"{kind}: {answer}: {severe['name']} ({_ratio(ratios[severe['name']])}) "
+                       f"{_f(severe['mean_degradation'])} vs {mild['name']} ({_ratio(ratios[mild['name']])}) "
                        f"{_f(mild['mean_degradation'])}")
     if not lines:
         return ("not measured: no kind has quantized cells of two models; needs cells of gemma3-4b (massive dims "

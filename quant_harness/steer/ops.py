@@ -40,6 +40,7 @@ from quant_harness.extract import batching
 from quant_harness.extract.activations import decoder_layers, encode
 from quant_harness.extract.datasets import Prompt
 from quant_harness.models import adapter
+from quant_harness.steer import trunk
 
 Mode = Literal["add", "clamp"]
 
@@ -496,23 +497,38 @@ def ab_sweep(
     """``ab_logits`` at every coefficient, one ABLogits per coefficient, from as few forward passes as ``max_rows``
     allows: a pass stacks whole coefficients' rows (the same prompts, so the same padding), each row steered by its
     own coefficient; the figures are ``ab_logits``' one coefficient at a time (tests/unit/test_batched_generation.py).
+    The blocks below the first steered one run once per question (``trunk``), and only the positions the answers are
+    read at get logits.
     """
     r = _ab_rows(tokenizer, questions)
     device = next(model.parameters()).device
     n = len(r.seqs)
+    pad = batching.pad_id(tokenizer)
+    first = min(vectors)
+    shared = None
+    if first > 0:
+        ids, mask, _ = batching.left_pad(r.seqs, pad)
+        shared = trunk.block_input(model, ids.to(device), mask.to(device), first)
+        counters.add("forward_passes")
+    keep = 1 if r.plan.single_token else max(len(t) for t in r.plan.tails.values()) + 1
     out: list[ABLogits] = []
     for chunk in condition_chunks(len(coefficients), n, max_rows):
         group = [float(coefficients[i]) for i in chunk]
-        ids, mask, offsets = batching.left_pad(r.seqs * len(group), batching.pad_id(tokenizer))
+        ids, mask, offsets = batching.left_pad(r.seqs * len(group), pad)
         starts = torch.tensor([o + r.inst[r.rows[k % n][0]] for k, o in enumerate(offsets)])
         per_row = [c for c in group for _ in r.seqs]
         steered = [c != 0.0 for c in per_row]   # add at 0 is the unsteered model, as ab_logits treats it
         with contextlib.ExitStack() as stack:
+            if shared is not None:
+                h, tuples = shared
+                stack.enter_context(trunk.resume(model, first, h.repeat(len(group), *([1] * (h.dim() - 1))), tuples))
             if any(steered):
                 stack.enter_context(steer(model, vectors, per_row, start=starts, rows={L: steered for L in vectors}))
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                           **trunk.logits_to_keep(model, keep)).logits
         counters.add("forward_passes")
+        cut = ids.shape[1] - logits.shape[1]   # positions left out of the logits (logits_to_keep)
         for j in range(len(group)):
             rows = slice(j * n, (j + 1) * n)
-            out.append(_ab_result(questions, _ab_scores(r, logits[rows], offsets[rows])))
+            out.append(_ab_result(questions, _ab_scores(r, logits[rows], [o - cut for o in offsets[rows]])))
     return out

@@ -310,6 +310,26 @@ def test_ab_readout(loaded: Any, name: str, precision: str) -> None:
         assert all(abs(d) <= 2 * SOFTCAP[name] for d in got.logit_diff)
 
 
+@TWINS
+@MODELS
+def test_ab_sweep(loaded: Any, name: str, precision: str) -> None:
+    """The batched A/B sweep (the blocks below the steered one run once per question, logits kept at the answer
+    positions only) gives each coefficient's readout as one ``ab_logits`` call at that coefficient does."""
+    from quant_harness.steer import ops
+
+    lm = loaded(name, precision)
+    qs = [(Prompt(p.messages), p.prefill[-1]) for p in _caa(3).pos]
+    L = _layer(lm)
+    v = {L: _vector(lm, 3) * 0.5}
+    coefs = [-4.0, 0.0, 4.0]
+    got = ops.ab_sweep(lm.model, lm.tokenizer, qs, coefs, vectors=v, max_rows=64)
+    want = [ops.ab_logits(lm.model, lm.tokenizer, qs, vectors=v, coefficient=c) for c in coefs]
+    for g, w in zip(got, want):
+        for a, b in zip(g.logit_diff, w.logit_diff):
+            assert abs(a - b) <= 10 * TOL[precision] * max(1.0, abs(b)), (a, b)
+    assert got[0].logit_diff != got[2].logit_diff   # the vector moved the readout, so the rows were steered
+
+
 # --- steering -----------------------------------------------------------------------------------------------------
 
 
