@@ -9,15 +9,18 @@ checks that their outputs are equal, and prints the speed-up and the tokens per 
 1. steering: the reference's baseline + coefficient search (``cells.search_runs``; judging left out, every run
    judged coherent, which is the path the default study's search takes: x4 then x8) and, at each quantized
    precision, its baseline and operating points (every (layer, coefficient) of the search);
-2. A/B sweeps: every CAA trait's ``ab_coefficients`` x ``ab_questions`` at every precision;
-3. refusal (``--refusal``): harmful / harmless prompts with and without ablation / +r at every precision.
+2. A/B sweeps: every CAA trait's ``ab_coefficients`` x ``ab_questions`` at every precision (the sweep runs each
+   prompt once into a KV cache: its logit differences are the sequential path's within ``AB_TOLERANCE``, and its
+   limit is the same passes with no hooks);
+3. refusal: harmful / harmless prompts with and without ablation / +r at every precision.
 
 Vectors come from the study's cache (``--cache``: a copy of a default-study run's cache saves the extraction).
 Greedy outputs at LLM.int8 may differ (its outlier columns depend on the batch; cells key its batched artefacts on
 ``[steering] batch_rows``): its equality is printed, not required.
 
 Usage: .venv/bin/python benchmarks/generation.py [--study cases/studies/default.toml] [--cache DIR]
-           [--precisions fp32,nf4,int8,gptq] [--questions N] [--refusal]
+           [--precisions fp32,nf4,int8,gptq] [--questions N] [--parts steering,ab,refusal]
+           [--ab-coefficients -2,-1,0,1,2 --ab-questions 50]   (the plan's A/B sweep; default: the study's)
 """
 
 from __future__ import annotations
@@ -157,9 +160,13 @@ def steering(runner: Any, model_name: str, precisions: list[str], part: Part, n_
                   f"{bare_t / bare_s:.0f}; equal {got == seq}", flush=True)
 
 
+AB_TOLERANCE = 1e-4
+"""The sweep runs each prompt once into a KV cache, the sequential path one full forward per coefficient: float
+rounding apart (tests/unit/test_batched_generation.py holds them to the same bound)."""
+
+
 @torch.no_grad()
 def ab(runner: Any, model_name: str, precisions: list[str], part: Part) -> None:
-    from quant_harness.extract import batching
     from quant_harness.steer import cells, ops
 
     study = runner.study
@@ -176,16 +183,17 @@ def ab(runner: Any, model_name: str, precisions: list[str], part: Part) -> None:
                                          for c in s.ab_coefficients])
             bat_s, got = _timed(lambda: ops.ab_sweep(m, tok, qs, s.ab_coefficients, vectors=v,
                                                      max_rows=s.batch_rows))
-            seqs = ops._ab_rows(tok, qs).seqs   # the rows ab_sweep runs, for the bare forward of the same batch
-            tokens = sum(len(x) for x in seqs) * len(s.ab_coefficients)
-            bare_s = 0.0
-            for chunk in ops.condition_chunks(len(s.ab_coefficients), len(seqs), s.batch_rows):
-                ids, mask, _ = batching.left_pad(seqs * len(chunk), batching.pad_id(tok))
-                bare_s += _timed(lambda: m(input_ids=ids, attention_mask=mask, use_cache=False))[0]
-            part.add(f"{trait.key}@{precision}", (seq_s, tokens), (bat_s, tokens), (bare_s, tokens), got == seq)
+            # the limit: the same passes with no hooks (every coefficient 0: nothing is steered)
+            bare_s, _ = _timed(lambda: ops.ab_sweep(m, tok, qs, [0.0] * len(s.ab_coefficients), vectors=v,
+                                                    max_rows=s.batch_rows))
+            tokens = sum(len(x) for x in ops._ab_rows(tok, qs).seqs) * len(s.ab_coefficients)
+            gap = max(abs(a - b) for g, w in zip(got, seq) for a, b in zip(g.logit_diff, w.logit_diff))
+            equal = gap <= AB_TOLERANCE
+            part.add(f"{trait.key}@{precision}", (seq_s, tokens), (bat_s, tokens), (bare_s, tokens), equal)
             print(f"  A/B {trait.key} @ {precision}: {len(s.ab_coefficients)} coefficients x {len(qs)} questions; "
                   f"sequential {seq_s:.1f} s, batched {bat_s:.1f} s, bare {bare_s:.1f} s; tok/s {tokens / seq_s:.0f} / "
-                  f"{tokens / bat_s:.0f} / {tokens / bare_s:.0f}; equal {got == seq}", flush=True)
+                  f"{tokens / bat_s:.0f} / {tokens / bare_s:.0f}; largest logit-difference gap {gap:.1e} "
+                  f"(equal within {AB_TOLERANCE:g}: {equal})", flush=True)
 
 
 def refusal(runner: Any, model_name: str, precisions: list[str], part: Part) -> None:
@@ -242,24 +250,38 @@ def main() -> None:
     ap.add_argument("--precisions", default="", help="Comma-separated. Default: every precision of the study")
     ap.add_argument("--questions", type=int, default=0, help="Open questions of the steering part. Default: the "
                                                               "study's [steering] questions")
-    ap.add_argument("--refusal", action="store_true", help="Also time the refusal generations")
+    ap.add_argument("--parts", default="steering,ab", help="Comma-separated, of steering, ab, refusal")
+    ap.add_argument("--ab-coefficients", default="", help="Comma-separated. Default: the study's ab_coefficients")
+    ap.add_argument("--ab-questions", type=int, default=0, help="Default: the study's ab_questions")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     from quant_harness.runner import StudyRunner
     from quant_harness.study.load import load
 
     study = load(args.study)
+    if args.ab_coefficients or args.ab_questions:
+        s = study.steering
+        study = dataclasses.replace(study, steering=dataclasses.replace(
+            s, ab_coefficients=[float(c) for c in args.ab_coefficients.split(",")] if args.ab_coefficients
+            else s.ab_coefficients, ab_questions=args.ab_questions or s.ab_questions))
     runner = StudyRunner(study, Path(args.cache), Path(args.model_dir))
     model_name = next(iter(study.cards))
     precisions = args.precisions.split(",") if args.precisions else list(study.precisions[model_name])
     print(f"study {Path(args.study).name}, model {model_name}, precisions {precisions}, torch threads "
           f"{torch.get_num_threads()}, [steering] batch_rows {study.steering.batch_rows}", flush=True)
-    parts = [Part("steering search + points", "generated tokens"), Part("A/B sweep", "prompt tokens")]
-    steering(runner, model_name, precisions, parts[0], args.questions or None)
-    ab(runner, model_name, precisions, parts[1])
-    if args.refusal:
+    chosen = args.parts.split(",")
+    if unknown := set(chosen) - {"steering", "ab", "refusal"}:
+        ap.error(f"--parts {args.parts}: unknown {sorted(unknown)}; expected steering, ab, refusal")
+    parts = []
+    if "steering" in chosen:
+        parts.append(Part("steering search + points", "generated tokens"))
+        steering(runner, model_name, precisions, parts[-1], args.questions or None)
+    if "ab" in chosen:
+        parts.append(Part("A/B sweep", "prompt tokens"))
+        ab(runner, model_name, precisions, parts[-1])
+    if "refusal" in chosen:
         parts.append(Part("refusal", "generated tokens"))
-        refusal(runner, model_name, precisions, parts[2])
+        refusal(runner, model_name, precisions, parts[-1])
     print("\n| part | sequential s | batched s | speed-up | sequential tok/s | batched tok/s | bare tok/s | "
           "batched / bare | outputs equal |")
     print("|---|---|---|---|---|---|---|---|---|")

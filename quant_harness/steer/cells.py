@@ -367,6 +367,7 @@ def _ab_sweep(runner: CellRunner, cell: Cell, precision: str, vec_precision: str
     qs = _ab_questions(study, s, trait)
     comps = {**runner.key_components(cell.model, precision), "vector": _vhash(v), "layer": layer,
              "coefficients": s.ab_coefficients, "questions": [[p.messages, m] for p, m in qs],
+             "readout": "prompt-kv-cache",   # the prompt run once per question: sweeps before it differ in float rounding
              **_batch_key(runner, precision)}
 
     def build() -> dict[str, list[list[float]]]:

@@ -27,6 +27,8 @@ Hooks never modify a tensor in place (except steering-vectors' own) and are remo
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -37,10 +39,9 @@ from torch import Tensor
 from quant_harness._util import counters
 from quant_harness.errors import CellError
 from quant_harness.extract import batching
-from quant_harness.extract.activations import decoder_layers, encode
+from quant_harness.extract.activations import cache_arg, decoder_layers, encode
 from quant_harness.extract.datasets import Prompt
 from quant_harness.models import adapter
-from quant_harness.steer import trunk
 
 Mode = Literal["add", "clamp"]
 
@@ -497,38 +498,51 @@ def ab_sweep(
     """``ab_logits`` at every coefficient, one ABLogits per coefficient, from as few forward passes as ``max_rows``
     allows: a pass stacks whole coefficients' rows (the same prompts, so the same padding), each row steered by its
     own coefficient; the figures are ``ab_logits``' one coefficient at a time (tests/unit/test_batched_generation.py).
-    The blocks below the first steered one run once per question (``trunk``), and only the positions the answers are
-    read at get logits.
+    Steering starts at each prompt's last instruction token, so everything before the earliest start is the same in
+    every row of a question: it runs once, into a KV cache each coefficient's rows continue from (the same tokens,
+    positions and causal attention as the full forward: equal up to float rounding, tested on the seven twins).
+    Only the positions the answers are read at get logits.
     """
+    from transformers import DynamicCache
+
     r = _ab_rows(tokenizer, questions)
     device = next(model.parameters()).device
     n = len(r.seqs)
-    pad = batching.pad_id(tokenizer)
-    first = min(vectors)
-    shared = None
-    if first > 0:
-        ids, mask, _ = batching.left_pad(r.seqs, pad)
-        shared = trunk.block_input(model, ids.to(device), mask.to(device), first)
+    ids, mask, offsets = batching.left_pad(r.seqs, batching.pad_id(tokenizer))
+    ids, mask = ids.to(device), mask.to(device)
+    starts = torch.tensor([o + r.inst[r.rows[k][0]] for k, o in enumerate(offsets)])
+    split = int(starts.min())   # every position before it is unsteered in every row: run once, kept as a KV cache
+    arg = cache_arg(model)
+    prefix = DynamicCache(config=model.config)
+    if split:
+        model(input_ids=ids[:, :split], attention_mask=mask[:, :split], use_cache=True, **_last_logits(model, 1),
+              **{arg: prefix})
         counters.add("forward_passes")
     keep = 1 if r.plan.single_token else max(len(t) for t in r.plan.tails.values()) + 1
+    chunks = condition_chunks(len(coefficients), n, max_rows)
     out: list[ABLogits] = []
-    for chunk in condition_chunks(len(coefficients), n, max_rows):
+    for c, chunk in enumerate(chunks):
         group = [float(coefficients[i]) for i in chunk]
-        ids, mask, offsets = batching.left_pad(r.seqs * len(group), pad)
-        starts = torch.tensor([o + r.inst[r.rows[k % n][0]] for k, o in enumerate(offsets)])
-        per_row = [c for c in group for _ in r.seqs]
-        steered = [c != 0.0 for c in per_row]   # add at 0 is the unsteered model, as ab_logits treats it
+        cache = prefix if c == len(chunks) - 1 else copy.deepcopy(prefix)
+        if split:
+            cache.batch_select_indices(torch.arange(n, device=device).repeat(len(group)))
+        per_row = [x for x in group for _ in r.seqs]
+        steered = [x != 0.0 for x in per_row]   # add at 0 is the unsteered model, as ab_logits treats it
         with contextlib.ExitStack() as stack:
-            if shared is not None:
-                h, tuples = shared
-                stack.enter_context(trunk.resume(model, first, h.repeat(len(group), *([1] * (h.dim() - 1))), tuples))
             if any(steered):
-                stack.enter_context(steer(model, vectors, per_row, start=starts, rows={L: steered for L in vectors}))
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                           **trunk.logits_to_keep(model, keep)).logits
+                stack.enter_context(steer(model, vectors, per_row, start=starts.repeat(len(group)),
+                                          rows={L: steered for L in vectors}))
+            logits = model(input_ids=ids[:, split:].repeat(len(group), 1), attention_mask=mask.repeat(len(group), 1),
+                           use_cache=True, **_last_logits(model, keep), **{arg: cache}).logits
         counters.add("forward_passes")
-        cut = ids.shape[1] - logits.shape[1]   # positions left out of the logits (logits_to_keep)
+        cut = ids.shape[1] - logits.shape[1]   # positions with no logits: the prefix and those logits_to_keep drops
         for j in range(len(group)):
             rows = slice(j * n, (j + 1) * n)
-            out.append(_ab_result(questions, _ab_scores(r, logits[rows], [o - cut for o in offsets[rows]])))
+            out.append(_ab_result(questions, _ab_scores(r, logits[rows], [o - cut for o in offsets])))
     return out
+
+
+def _last_logits(model: Any, last: int) -> dict[str, int]:
+    """``logits_to_keep=last`` where the model's forward takes it (transformers' causal LMs): a readout of the last
+    positions does not need the LM head at every position (for SmolLM2-135M a fifth of a forward)."""
+    return {"logits_to_keep": last} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}

@@ -86,8 +86,18 @@ def test_the_ab_sweep_in_one_pass_equals_one_coefficient_at_a_time(smollm2: tupl
     coefs = [-2.0, 0.0, 2.0]
     got = ops.ab_sweep(model, tok, qs, coefs, vectors=v, max_rows=64)
     want = [ops.ab_logits(model, tok, qs, vectors=v, coefficient=c) for c in coefs]
-    assert got == want   # bit for bit, not approximately
+    _assert_sweeps_close(got, want)
     assert got[0].logit_diff != got[2].logit_diff
+
+
+def _assert_sweeps_close(got: list[ops.ABLogits], want: list[ops.ABLogits]) -> None:
+    """The sweep reads each question's prompt from one KV cache, the one-at-a-time path in one full forward: the
+    same arithmetic up to float32 rounding (attention over a cached prefix sums in another order): 2e-5 of a logit
+    difference on SmolLM2's 30 blocks, where the figures read from it differ by 1e-2 and more."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.logit_diff == pytest.approx(w.logit_diff, rel=0, abs=1e-4)
+        assert g.p_match == pytest.approx(w.p_match, rel=0, abs=1e-4)
 
 
 
@@ -100,7 +110,8 @@ def test_the_several_token_ab_sweep_and_chunks_equal_one_coefficient_at_a_time()
     coefs = [-1.0, 0.0, 1.0, 3.0]
     want = [ops.ab_logits(model, SeveralTokenABTokenizer(), qs, vectors=v, coefficient=c) for c in coefs]
     for max_rows in (4, 8, 64):   # 4 rows = one coefficient (2 questions x 2 answers) a pass
-        assert ops.ab_sweep(model, SeveralTokenABTokenizer(), qs, coefs, vectors=v, max_rows=max_rows) == want
+        _assert_sweeps_close(ops.ab_sweep(model, SeveralTokenABTokenizer(), qs, coefs, vectors=v, max_rows=max_rows),
+                             want)
 
 
 def test_clamped_conditions_in_one_batch_match_separate_calls() -> None:
