@@ -1,7 +1,8 @@
 """The one cost model behind ``--quant-plan``'s wall-time estimate: work counted from the study, rates from ``RATES``.
 
 What a cell does is counted exactly from the study (examples per trait, rollout and steering lengths, questions,
-search steps, A/B coefficients, refusal prompts, benchmark docs): forward tokens, generation steps and judge calls.
+search steps, A/B coefficients, refusal prompts, benchmark docs x their measured tokens per doc): forward tokens,
+generation steps and judge calls.
 How fast each runs is a rate in ``RATES``, one table, each entry with its source: a measured ratio from a
 ``benchmarks/`` script, or a stated assumption about one 80 GB GPU (no GPU was available to measure on). When a
 benchmark script measures a better figure, change the entry here and nothing else.
@@ -49,10 +50,9 @@ RATES: dict[str, Rate] = {
                                    "loopback server gains 1.95x (benchmarks/judge.py), its compute being the limit"),
     "prompt_tokens": Rate(96.0, "assumption: mean tokens of a CAA/Arditi prompt with its chat template; PV prompts "
                                 "add the response"),
-    "benchmark_tokens": Rate(160.0, "assumption: mean context + continuation tokens of one lm-eval loglikelihood "
-                                    "request (HellaSwag/MMLU/TruthfulQA, zero-shot)"),
-    "benchmark_choices": Rate(4.0, "HellaSwag and MMLU have 4 choices; TruthfulQA MC1 4-5"),
-    "benchmark_docs": Rate(10042.0, "HellaSwag validation docs, when a task sets no limit or samples"),
+    "ab_steered_tokens": Rate(2.0, "counted: an A/B sweep runs each prompt once into a KV cache, then per "
+                                   "coefficient the steered tail: the last instruction token and the answers' shared "
+                                   "tokens (none on Llama-3/Qwen/OLMo, '(' on Gemma and Mistral)"),
     "stats_s_per_cell": Rate(3.0, "assumption: a vector/probe cell's bootstrap (1000 resamples) on the worker's "
                                   "CPU; no model work"),
 }
@@ -64,6 +64,33 @@ PRECISION_SLOWDOWN: dict[str, Rate] = {
     "int8": Rate(2.5, "assumption: LLM.int8's outlier decomposition makes each matmul two; slower than bf16"),
     "gptq": Rate(1.1, "assumption: gptqmodel's Marlin/ExLlama kernels near bf16 speed"),
 }
+
+
+class TaskWork(NamedTuple):
+    docs: int
+    """Docs of the task's whole evaluation split (all its leaf tasks)."""
+    leaves: int
+    """Leaf tasks (MMLU's 57 subjects): ``limit`` and ``samples`` count per leaf."""
+    tokens: float
+    """Tokens read per doc by lm-eval's HFLM: context + continuation for every request (benchmarks/benchmark_tokens.py,
+    the task's own requests on 200 docs per leaf, Llama-3 tokenizer)."""
+    shared_speedup: float
+    """How much faster ``shared_prefix = true`` (SharedPrefixHFLM) scores the task than HFLM, measured in wall time
+    (benchmarks/shared_prefix.py, lower end): fewer tokens, but one forward per distinct context."""
+    source: str
+
+
+BENCHMARK_WORK: dict[str, TaskWork] = {
+    "qh_hellaswag": TaskWork(10042, 1, 177.0, 1.06, "measured: 177 tokens per doc; shared prefix reads 85 (2.08x "
+                                                    "fewer) but ran 1.06x faster on 10 docs: short contexts"),
+    "qh_mmlu": TaskWork(14042, 57, 423.0, 1.0, "measured: 423 tokens per doc; shared prefix not measured"),
+    "qh_truthfulqa_mc2": TaskWork(817, 1, 1260.0, 2.9, "measured: 1260 tokens per doc; shared prefix reads 237 "
+                                                       "(5.32x fewer), 2.9-4.6x faster on 10 docs"),
+}
+"""Per benchmark task, what one doc costs; a task not listed is charged ``OTHER_TASK``."""
+OTHER_TASK = TaskWork(10042, 1, 640.0, 1.0, "assumption: 4 choices x 160 context + continuation tokens, a split as "
+                                            "large as HellaSwag's")
+
 REFERENCE_PARAMS_B = 7.6
 """The model size the rates are for (Qwen2.5-7B / Llama-3.1-8B)."""
 
@@ -126,12 +153,19 @@ def reference_side(study: Study, cell: Cell) -> tuple[str, Work]:
         w.judge_calls = 2 * rows
         return f"search/{cell.trait}/{cell.method}", w
     if cell.kind == "logit_diff":
-        return f"ab/{cell.trait}", Work(forward_tokens=s.ab_questions * len(s.ab_coefficients) * _r("prompt_tokens"))
+        return f"ab/{cell.trait}", _ab_sweep(study)
     if cell.kind == "refusal":
         return "refusal", _refusal(study)
     if cell.kind == "benchmarks":
         return f"bench/{cell.trait}", _benchmark(study, cell)
     return "", Work()
+
+
+def _ab_sweep(study: Study) -> Work:
+    """One A/B sweep: every question's prompt once, then its steered tail at every coefficient (steer.ops.ab_sweep)."""
+    s = study.steering
+    return Work(forward_tokens=s.ab_questions * (_r("prompt_tokens") + len(s.ab_coefficients)
+                                                 * _r("ab_steered_tokens")))
 
 
 def _refusal(study: Study) -> Work:
@@ -151,13 +185,15 @@ def _refusal_prompts(study: Study) -> int:
 
 
 def _benchmark(study: Study, cell: Cell) -> Work:
+    """One precision's run of a benchmark task: its docs (the limit or samples per leaf task, else the whole split)
+    x the tokens one doc costs through the scorer the task uses (``BENCHMARK_WORK``)."""
     b = study.benchmarks
     task, _ = b.task_of(cell.trait)
     o = b.options.get(task)
-    docs = (o.limit or o.samples) if o is not None and (o.limit or o.samples) else _r("benchmark_docs")
-    if "mmlu" in task and o is not None and o.limit:
-        docs = o.limit * 57
-    return Work(forward_tokens=docs * _r("benchmark_choices") * _r("benchmark_tokens"))
+    w = BENCHMARK_WORK.get(task, OTHER_TASK)
+    per_leaf = (o.limit or o.samples) if o is not None else 0
+    docs = min(per_leaf * w.leaves, w.docs) if per_leaf else w.docs
+    return Work(forward_tokens=docs * w.tokens / (w.shared_speedup if o is not None and o.shared_prefix else 1.0))
 
 
 def own_side(study: Study, cell: Cell) -> Work:
@@ -169,7 +205,7 @@ def own_side(study: Study, cell: Cell) -> Work:
         w.judge_calls = 2 * rows
         return w
     if cell.kind in ("logit_diff", "transfer"):
-        return Work(forward_tokens=s.ab_questions * len(s.ab_coefficients) * _r("prompt_tokens"))
+        return _ab_sweep(study)
     if cell.kind == "refusal":
         return _refusal(study)
     if cell.kind == "benchmarks":
@@ -185,7 +221,7 @@ def group_work(study: Study, model: str, precision: str, cells: Iterable[Cell], 
     traits = {c.trait for c in cells if c.trait and c.kind not in ("benchmarks", "refusal")}
     done: set[str] = set()
     for c in cells:
-        if c.kind == "refusal" or (c.kind != "benchmarks" and c.precision == study.reference):
+        if c.kind == "refusal" or c.precision == study.reference:   # the artefact its quantized cells read
             done.add(reference_side(study, c)[0])
         total.add(own_side(study, c))
     if precision == study.reference:
