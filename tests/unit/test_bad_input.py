@@ -360,7 +360,8 @@ def _vector_cell(tmp: Path, pos: torch.Tensor, neg: torch.Tensor) -> CellError:
     s = study.load(_study(tmp))
     contrast = datasets.load("caa", SYCO, len(pos))
     entry = _entry(pos, neg)
-    runner = SimpleNamespace(study=s, contrast=lambda t: contrast, activations=lambda m, p, t: entry)
+    runner = SimpleNamespace(study=s, contrast=lambda t: contrast, activations=lambda m, p, t: entry,
+                             cache=SimpleNamespace(root=tmp / "cache"))
     with pytest.raises(CellError) as err:
         vector_comparison(runner, Cell("vectors", "smollm2-135m", "nf4", s.traits[0].key, "mean_diff"))  # type: ignore[arg-type]
     return err.value

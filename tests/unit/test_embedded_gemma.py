@@ -172,6 +172,6 @@ def test_h4_compares_the_most_and_least_severe_massive_dims(gemma: tuple[float, 
                 "provenance": {"model_card": {"massive_dims_ratio": 4140.0}}},
                {"cell_id": "smollm2-135m-nf4-caa_sycophancy-mean_diff", "kind": "vectors", "provenance": {}}]
     text, lines = findings._h4(rank, records)
-    assert text.startswith(f"vectors: {answer}") and "gemma3-270m (4140.000x)" in text
-    assert "smollm2-135m (747.000x)" in text, "the ratio falls back to the shipped card"
-    assert len(lines) == 2 and "massive dims 4140.000x" in " ".join(lines)
+    assert text.startswith(f"vectors: {answer}") and "gemma3-270m (4,140x)" in text
+    assert "smollm2-135m (747x)" in text, "the ratio falls back to the shipped card"
+    assert len(lines) == 2 and "massive dims 4,140x" in " ".join(lines)

@@ -4,6 +4,9 @@ runner (record keys the reports read)."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from types import SimpleNamespace as NS
 from typing import Any
 
@@ -251,6 +254,7 @@ def _runner(acts: dict[str, tuple[torch.Tensor, torch.Tensor]], *, paired: bool 
     class Runner:
         def __init__(self) -> None:
             self.study = study
+            self.cache = NS(root=Path(tempfile.mkdtemp(prefix="qh-derived-")))  # a fresh store: nothing is reused
 
         def contrast(self, t: Any) -> Any:
             return contrast
