@@ -79,6 +79,8 @@ class Plan:
     cache_entries: int
     cell_skips: Counter[tuple[str, str]] = field(default_factory=Counter)
     """(kind, reason) -> cells skipped one by one inside groups that run (e.g. judged cells without a judge key)."""
+    unsized: list[str] = field(default_factory=list)
+    """Traits whose dataset could not be read here: the estimate counts them at their ``limit`` (else 100)."""
 
     @property
     def running(self) -> list[GroupPlan]:
@@ -171,7 +173,7 @@ def build(study: Study, cells: Sequence[tuple[Cell, str | None]], *, workers: in
     skipped_groups = {g.group for g in groups if g.skip}
     cell_skips = Counter((c.kind, r) for c, r in cells if r is not None and c.group not in skipped_groups)
     return Plan(study, groups, kinds, other_items, plan_workers, gpu_mem_gb, cache_root, len(cache_entries),
-                cell_skips)
+                cell_skips, unsized=[t.key for t in study.traits if not sizes.get(t.key)])
 
 
 def _place(study: Study, groups: list[GroupPlan], workers: list[tuple[str, Slot | None]], gpu_mem_gb: float) -> None:
@@ -252,6 +254,10 @@ def render(plan: Plan) -> str:
     lines += ["", f"estimate: ~{plan.wall_seconds / 3600:.1f} h wall for the selected cells ({busy:.0f} GPU-hours); "
                   "work counted from the study, rates from quant_harness/scale/cost.py RATES (assumptions for one "
                   "80 GB GPU where not measured; README 'Cost on paper')"]
+    if plan.unsized:
+        lines += [f"  counted at their limit (else 100 examples), their datasets not readable here: "
+                  f"{', '.join(plan.unsized)}; the estimate changes with their real sizes (set the study's data "
+                  f"variables, e.g. QUANT_HARNESS_DATA)"]
     skipped = [g for g in plan.groups if g.skip]
     if skipped:
         lines += ["", "skipped groups:"]

@@ -195,6 +195,10 @@ def test_plan_of_every_kind_fits_8x80gb_with_references_loaded_first(pytester: p
     wall = max(start[g] + hours[g] for g in rows)
     line = next(x for x in out.splitlines() if x.startswith("estimate: ~"))
     assert float(line.split("~")[1].split(" h")[0]) == pytest.approx(wall, abs=0.15)
+    # no data folder here: the estimate says which traits it could not count, so no one reads it as the real one
+    unsized = out.splitlines()[out.splitlines().index(line) + 1]
+    assert unsized.startswith("  counted at their limit (else 100 examples), their datasets not readable here: ")
+    assert "arditi_refusal" in unsized and "pv_sycophancy" in unsized and "QUANT_HARNESS_DATA" in unsized
 
 
 def test_plan_skips_a_model_that_fits_no_slot(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
