@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from quant_harness._util import files
-from quant_harness.report import findings, html, ranking
+from quant_harness.report import findings, html, plots, ranking
 from quant_harness.report.matrices import load_records, merge_reports, read_json, write_json
 
 
@@ -32,11 +32,13 @@ def derive(report_dir: Path, *, cards_dir: Path | None = None) -> list[Path]:
 
 
 def rebuild(report_dir: Path, sources: Iterable[Path] = (), *, cards_dir: Path | None = None) -> list[Path]:
-    """Merge ``sources`` (other report folders) into ``report_dir`` if given, then rebuild the derived files.
+    """Merge ``sources`` (other report folders) into ``report_dir`` if given, with their cells' plot files and pages
+    (so the merged summary links every cell to its plots), then rebuild the derived files.
 
     Runs no cell and loads no model: the public entry point for ``quant-harness report`` and for shard merging.
     """
     srcs = list(sources)
     if srcs:
         merge_reports(Path(report_dir), srcs)
+        plots.copy_plots(Path(report_dir), srcs)
     return derive(Path(report_dir), cards_dir=cards_dir)

@@ -1,8 +1,9 @@
 """Merging the report folders of several shards (or several runs) into one set of matrices, JUnit and run.json.
 
 Each ``--quant-shard I/N`` run writes ``<report dir>/shards/shard-I-of-N/`` (``junit.xml``, ``results/*.json``);
-``quant-harness merge OUT DIR...`` turns those folders into ``OUT/junit.xml``, ``OUT/results/*.json`` and the
-derived pages (report.derive.rebuild).
+``quant-harness merge OUT DIR...`` turns those folders into ``OUT/junit.xml``, ``OUT/results/*.json``, the cells'
+plot files and pages (``plots/``, so the merged summary links every cell to its plots) and the derived pages
+(report.derive.rebuild).
 Records are keyed by cell id, so the merge of disjoint shards equals one unsharded run.
 """
 
@@ -75,4 +76,5 @@ def merge(out: Path, sources: Sequence[Path]) -> dict[str, Any]:
                                 "folders written by pytest --quant-report-dir DIR (or DIR/shards/* of --quant-shard I/N)")
     written = reporting.rebuild(out, [s for s in expanded if (s / "results").is_dir()])
     cases = merge_junit(out / "junit.xml", expanded)
-    return {"sources": [str(s) for s in expanded], "junit_cases": cases, "written": [str(p) for p in written]}
+    return {"sources": [str(s) for s in expanded], "junit_cases": cases,
+            "written": [str(p) for p in written]}

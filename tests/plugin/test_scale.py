@@ -8,6 +8,7 @@ Runs that compute cells go through subprocesses: in-process reruns re-import num
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -135,6 +136,10 @@ def test_shards_cover_every_cell_once_and_merge_into_the_unsharded_run(
     names = [sorted(c.get("name", "") for c in ET.parse(d / "junit.xml").getroot().iter("testcase"))
              for d in (here / "merged", here / "full")]
     assert names[0] == names[1] and len(names[0]) == 4
+    # the merged summary links every cell to its plots' page, copied from the shard that drew it
+    summary = (here / "merged" / "summary.html").read_text()
+    links = set(re.findall(r'<a href="(plots/[^"]+\.html)">plots</a>', summary))
+    assert len(links) == 4 and all((here / "merged" / href).is_file() for href in links)
 
 
 def test_plan_of_the_full_grid(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
