@@ -1,7 +1,7 @@
 """Results computed from cached activations alone (the vectors and probes kinds), cached in their turn.
 
 A vector or probe cell does no model work on a warm run, but its bootstrap (1000 resamples of every layer's
-method, and for probes a cross-validated layer choice) took 70 of the default study's 86 warm seconds. Its result
+method, and for probes a cross-validated layer choice) took 74 of the default study's 86 warm seconds. Its result
 is a pure function of the activation tensors, the study's statistics settings and the code that computes it, so
 it is stored under a key of exactly those: the tensors' content digests (a subset served from a superset entry
 digests what the cell read), the settings the caller names, and the sha256 of the source files of the computing
