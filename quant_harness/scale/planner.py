@@ -230,11 +230,12 @@ def render(plan: Plan) -> str:
         f"groups: {len(run)} to run, {len(plan.groups) - len(run)} skipped; one model load per group",
         f"workers: {len(plan.workers)}" + (f" (GPU slots {slots})" if slots else " (no GPU slots: --quant-gpus not set)")
         + (f"; GPU memory {plan.gpu_mem_gb:g} GB each" if plan.gpu_mem_gb else ""),
-        f"cache: {plan.cache_root}: {plan.cache_entries} activation entries present; warm groups (nothing to "
-        f"extract): {sum(1 for g in run if g.warm == len(g.traits) and g.reference_warm == len(g.traits))}/{len(run)}",
+        (f"cache: {plan.cache_root}: {plan.cache_entries} activation entries present; warm groups (nothing to "
+         f"extract): {sum(1 for g in run if g.warm == len(g.traits) and g.reference_warm == len(g.traits))}"
+         f"/{len(run)}"),
         "",
-        f"{'group':<22} {'cells':>5} {'gpus':>4} {'vram GB':>8} {'peak GB':>8} {'fits':>5} {'warm':>7} "
-        f"{'ref warm':>8} {'start h':>7} {'est h':>6}  worker",
+        (f"{'group':<22} {'cells':>5} {'gpus':>4} {'vram GB':>8} {'peak GB':>8} {'fits':>5} {'warm':>7} "
+         f"{'ref warm':>8} {'start h':>7} {'est h':>6}  worker"),
     ]
     for g in sorted(run, key=lambda g: (g.worker, g.start, g.group)):
         slot = dict(plan.workers).get(g.worker)
@@ -243,21 +244,21 @@ def render(plan: Plan) -> str:
         lines.append(f"{g.group:<22} {g.cells:>5} {g.gpus:>4} {g.vram_gb:>8.1f} {g.peak_gb:>8.1f} {fits:>5} "
                      f"{g.warm:>3}/{len(g.traits):<3} {g.reference_warm:>4}/{len(g.traits):<3} "
                      f"{g.start / 3600:>7.1f} {g.seconds / 3600:>6.1f}  {where}")
-    lines += ["", "load order (one model resident per worker; a model's reference group first, its quantized "
-                  "groups after it ends):"]
+    lines += ["", ("load order (one model resident per worker; a model's reference group first, its quantized "
+                   "groups after it ends):")]
     lines += [f"  {w}: {' -> '.join(order)}" for w, order in plan.load_order().items() if order]
     reloads = [g.group for g in run if g.reference_load]
     if reloads:
-        lines += [f"  reference loaded again (no reference group of the model in this run, reference "
-                  f"activations not cached): {', '.join(reloads)}"]
+        lines += [(f"  reference loaded again (no reference group of the model in this run, reference "
+                   f"activations not cached): {', '.join(reloads)}")]
     busy = sum(g.seconds * g.gpus for g in run) / 3600
-    lines += ["", f"estimate: ~{plan.wall_seconds / 3600:.1f} h wall for the selected cells ({busy:.0f} GPU-hours); "
-                  "work counted from the study, rates from quant_harness/scale/cost.py RATES (assumptions for one "
-                  "80 GB GPU where not measured; README 'Cost on paper')"]
+    lines += ["", (f"estimate: ~{plan.wall_seconds / 3600:.1f} h wall for the selected cells ({busy:.0f} "
+                   "GPU-hours); work counted from the study, rates from quant_harness/scale/cost.py RATES "
+                   "(assumptions for one 80 GB GPU where not measured; README 'Cost on paper')")]
     if plan.unsized:
-        lines += [f"  counted at their limit (else 100 examples), their datasets not readable here: "
-                  f"{', '.join(plan.unsized)}; the estimate changes with their real sizes (set the study's data "
-                  f"variables, e.g. QUANT_HARNESS_DATA)"]
+        lines += [(f"  counted at their limit (else 100 examples), their datasets not readable here: "
+                   f"{', '.join(plan.unsized)}; the estimate changes with their real sizes (set the study's data "
+                   "variables, e.g. QUANT_HARNESS_DATA)")]
     skipped = [g for g in plan.groups if g.skip]
     if skipped:
         lines += ["", "skipped groups:"]

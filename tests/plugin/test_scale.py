@@ -213,8 +213,8 @@ def test_plan_skips_a_model_that_fits_no_slot(pytester: pytest.Pytester, monkeyp
                                 "--quant-plan", "--quant-gpus", "0;1", "-k", "llama-70b",
                                 "--rootdir", str(pytester.path), "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["  llama-70b-nf4 (12 cells): llama-70b needs 2 GPUs (model card gpus = 2); "
-                                 "the largest slot of --quant-gpus '0;1' has 1"])
+    result.stdout.fnmatch_lines([("  llama-70b-nf4 (12 cells): llama-70b needs 2 GPUs (model card gpus = 2); "
+                                  "the largest slot of --quant-gpus '0;1' has 1")])
 
 
 @pytest.mark.parametrize("argv, dist", [(["-n", "2"], "loadgroup"), (["-n", "2", "--dist", "load"], "load"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-
 from types import SimpleNamespace as NS
 from typing import Any
 
