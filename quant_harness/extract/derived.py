@@ -74,23 +74,22 @@ def _encode(r: CellResult) -> dict[str, Any]:
     return {k: v for k, v in r.to_dict().items() if k != "provenance"}
 
 
-def _decode(d: Any) -> dict[str, Any]:
-    if not isinstance(d, dict) or "verdict" not in d:
-        raise ValueError("not a cell result")
-    return d
+def _decode(d: Any) -> CellResult:
+    """A stored result (no provenance); one that no longer fits CellResult raises TypeError: a miss."""
+    if not isinstance(d, dict) or "provenance" in d:
+        raise ValueError("not a stored cell result")
+    return CellResult(**d)
+
+
+_CODEC: JsonCodec[CellResult] = JsonCodec(encode=_encode, decode=_decode)
 
 
 def cached_result(runner: CellRunner, cell: Cell, modules: tuple[str, ...], components: Mapping[str, Any],
                   build: Callable[[], CellResult], provenance: Callable[[], dict[str, Any]]) -> CellResult:
-    """The cell's result from the store, or ``build()`` stored; ``modules`` are the kind's computing modules."""
+    """The cell's result from the store, or ``build()`` stored (its provenance is not: ``provenance()`` gives it,
+    on every run); ``modules`` are the kind's computing modules."""
     comps = {"cell": cell.id, "kind": cell.kind, "method": cell.method, **components,
              "code": source_digest(_STATS_MODULES + modules)}
-    store = ArtefactStore(Path(runner.cache.root))
-    codec: JsonCodec[Any] = JsonCodec(encode=_encode, decode=_decode)
-    value = store.get_or_build(f"derived/{cell.kind}", comps, build, codec,
-                               under=f"{cell.model}/{cell.precision}").value
-    fields = {f.name for f in dataclasses.fields(CellResult)}
-    if isinstance(value, CellResult):
-        value = _encode(value)
-    return CellResult(**{k: v for k, v in value.items() if k in fields and k != "provenance"},
-                      provenance=provenance())
+    value = ArtefactStore(Path(runner.cache.root)).get_or_build(f"derived/{cell.kind}", comps, build, _CODEC,
+                                                               under=f"{cell.model}/{cell.precision}").value
+    return dataclasses.replace(value, provenance=provenance())

@@ -135,6 +135,7 @@ def probe_comparison(runner: CellRunner, cell: Cell) -> CellResult:
 
 def _compare(runner: CellRunner, cell: Cell, layers: list[int], acts: tuple[Tensor, Tensor, Tensor, Tensor],
              paired: bool, same_rows: bool, fixed: dict[int, Tensor] | None) -> CellResult:
+    """The comparison itself, without provenance (``derived.cached_result`` adds it on every run)."""
     study, trait = runner.study, runner.study.trait(cell.trait)
     contrast = runner.contrast(trait)
     is_ref = cell.precision == study.reference
@@ -188,4 +189,4 @@ def _compare(runner: CellRunner, cell: Cell, layers: list[int], acts: tuple[Tens
         notes.append("unpaired data: PCA of every positive-negative difference (no file-order pairing)")
     return CellResult(cell_id=cell.id, kind="probes", verdict=j.verdict.label, metric=j.metric,
                       value=j.value, figures=figures, per_layer=per_layer, layers=layers,
-                      explanation="; ".join([j.explain(), *notes]), provenance=runner.provenance(cell, trait))
+                      explanation="; ".join([j.explain(), *notes]))

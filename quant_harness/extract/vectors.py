@@ -78,7 +78,8 @@ def vector_comparison(runner: CellRunner, cell: Cell) -> CellResult:
 
 def _compare(runner: CellRunner, cell: Cell, layers: list[int], rp: Tensor, rn: Tensor, qp: Tensor, qn: Tensor,
              paired: bool, same_rows: bool, strata: list[str] | None) -> CellResult:
-    study, trait = runner.study, runner.study.trait(cell.trait)
+    """The comparison itself, without provenance (``derived.cached_result`` adds it on every run)."""
+    study = runner.study
     a = resample.vector_agreement(
         rp, rn, qp, qn, methods.resampled(cell.method, paired=paired), study.bands["cosine"], seed=study.seed,
         n_boot=study.bootstrap_n, level=study.ci_level, paired=paired, paired_precisions=same_rows,
@@ -122,5 +123,4 @@ def _compare(runner: CellRunner, cell: Cell, layers: list[int], rp: Tensor, rn: 
             notes.append("unpaired data: PCA of every positive-negative difference (no file-order pairing)")
     return CellResult(
         cell_id=cell.id, kind="vectors", verdict=a.judgement.verdict.label, metric="cosine_mean", value=mean_cos,
-        figures=figures, per_layer=per_layer, layers=layers, explanation="; ".join([a.judgement.explain(), *notes]),
-        provenance=runner.provenance(cell, trait))
+        figures=figures, per_layer=per_layer, layers=layers, explanation="; ".join([a.judgement.explain(), *notes]))

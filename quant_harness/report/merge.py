@@ -76,5 +76,4 @@ def merge(out: Path, sources: Sequence[Path]) -> dict[str, Any]:
                                 "folders written by pytest --quant-report-dir DIR (or DIR/shards/* of --quant-shard I/N)")
     written = reporting.rebuild(out, [s for s in expanded if (s / "results").is_dir()])
     cases = merge_junit(out / "junit.xml", expanded)
-    return {"sources": [str(s) for s in expanded], "junit_cases": cases,
-            "written": [str(p) for p in written]}
+    return {"sources": [str(s) for s in expanded], "junit_cases": cases, "written": [str(p) for p in written]}

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -304,19 +303,13 @@ def group_plots(title: str, records: list[Record]) -> list[Plot]:
     return [p for p in out if p is not None]
 
 
-def copy_plots(out: Path, sources: Sequence[Path]) -> int:
-    """Copy each source's cell plot files and pages into ``out/plots`` (cell ids are unique across shards; a file
-    already there with the same size is kept); returns how many were copied."""
-    copied = 0
+def copy_plots(out: Path, sources: Sequence[Path]) -> None:
+    """Copy each source's cell plot files and pages into ``out/plots`` (cell ids are unique across shards), writing
+    only what differs (``_write_if_changed``)."""
     target = out / PLOTS_DIR
     for s in sources:
         folder = s / PLOTS_DIR
-        if not folder.is_dir() or folder.resolve() == target.resolve():
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        for f in folder.iterdir():
-            dst = target / f.name
-            if f.is_file() and not (dst.is_file() and dst.stat().st_size == f.stat().st_size):
-                shutil.copy2(f, dst)
-                copied += 1
-    return copied
+        if folder.is_dir() and folder.resolve() != target.resolve():
+            for f in folder.iterdir():
+                if f.is_file() and not f.name.startswith("."):   # not another writer's temporary file
+                    _write_if_changed(target / f.name, f.read_bytes())
